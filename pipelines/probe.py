@@ -421,6 +421,7 @@ def run_probe(cfg, run_dir: str, *, quiet: bool = False, plan: ProbePlan | None 
     t0 = time.perf_counter()
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     plan = plan or prepare_probe(cfg, run_dir)
+    t_planned = time.perf_counter()
     listing, source = plan.listing, plan.source
     if plan.resumed_plan:
         say(f"resuming probe in {run_dir}")
@@ -452,6 +453,7 @@ def run_probe(cfg, run_dir: str, *, quiet: bool = False, plan: ProbePlan | None 
 
     actor_rss = 0.0
     first_batch: tuple[float, int] | None = None
+    t_stream = time.perf_counter()
     if len(todo):
         todo["uri"] = todo["uri"].astype(object).where(todo["uri"].notna(), "")
         block = max(pcfg.batch_size, 1)
@@ -528,5 +530,11 @@ def run_probe(cfg, run_dir: str, *, quiet: bool = False, plan: ProbePlan | None 
         run_dir=run_dir, n_inputs=len(listing), n_ok=n_ok, n_failed=n_failed, layers=outputs, failures=failures,
         seconds=seconds, resumed=resumed, images_per_second=(len(todo) / seconds if seconds > 0 else 0.0),
         extra={"source": source, "image_size": size, "actor_peak_rss_mib": round(actor_rss, 1),
-               "steady_images_per_second": steady},
+               "steady_images_per_second": steady,
+               # Where the wall time went: planning, stream start to first batch (actor start-up and
+               # model load overlap the first decodes), the rest of the stream, and the final merge.
+               "phases_s": {"plan": round(t_planned - t0, 3), "setup": round(t_stream - t_planned, 3),
+                            "first_batch": round((first_batch[0] if first_batch else t_stream_end) - t_stream, 3),
+                            "stream": round(t_stream_end - (first_batch[0] if first_batch else t_stream_end), 3),
+                            "finish": round(time.perf_counter() - t_stream_end, 3)}},
     )

@@ -174,18 +174,20 @@ def score_shard(
     from neuronscan.stats import (
         compositional_search_units,
         permutation_pvalues,
-        rank_units,
         score_block,
     )
 
     ids, acts = _read_columns(files, columns)
     if len(ids) != len(image_ids) or not np.array_equal(ids, image_ids):
         raise RuntimeError("a shard read a different set of images than the layer's index; were parts rewritten?")
-    ranks = rank_units(acts, n_threads=params.get("threads"))
+    comp = params.get("compositional")
+    need_ranks = (params["n_perm"] > 0 or bool(comp and comp.get("enabled"))) and len(concepts) > 0
     with warnings.catch_warnings():
         # Degenerate concepts are counted once by the driver; no per-shard warning spam.
         warnings.simplefilter("ignore", UserWarning)
-        res = score_block(acts, labels, ranks=ranks, n_threads=params.get("threads"))
+        # Ranked once, inside score_block; the ranks are kept only when later steps need them.
+        res = score_block(acts, labels, n_threads=params.get("threads"), return_ranks=need_ranks)
+    ranks = res.pop("ranks", None)
     n_units = acts.shape[1]
     out = {
         "first_unit": first_unit,
@@ -213,7 +215,6 @@ def score_shard(
                                             seed=params["seed"] + first_unit)
             out["p_perm"][unit_idx, concept_idx] = p_perm
             out["n_perm_tested"] = int(len(unit_idx))
-    comp = params.get("compositional")
     if comp and comp.get("enabled") and len(concepts):
         kwargs = {k: v for k, v in comp.items() if k != "enabled"}
         formulas, n_eval = compositional_search_units(

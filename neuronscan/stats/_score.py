@@ -33,8 +33,9 @@ __all__ = ["score_block"]
 
 _PAIR_KEYS = ("auc", "auprc", "p_value", "log_p", "u")
 # At most this many units per task: ranking temporaries are ~40 bytes per (unit, image); the AP
-# buffers, ~12 bytes per padded positive, are reused across a task's units.
-_MAX_BLOCK = 32
+# buffers, ~12 bytes per padded positive, are reused across a task's units. Small blocks keep the
+# sort and scatter inside the caches: 8 units score ~10% faster than 32 at N = 50,000.
+_MAX_BLOCK = 8
 
 
 def score_block(
@@ -43,6 +44,7 @@ def score_block(
     *,
     ranks: UnitRanks | None = None,
     n_threads: int | None = None,
+    return_ranks: bool = False,
 ) -> dict[str, np.ndarray]:
     """Score every unit against every concept.
 
@@ -55,6 +57,8 @@ def score_block(
         ranks: :class:`UnitRanks` of these activations from :func:`rank_units`, to skip ranking.
         n_threads: worker threads over blocks of units (default: the CPUs available; pass 1
             inside a process that already runs one task per core).
+        return_ranks: also return the :class:`UnitRanks` computed on the way (key ``ranks``), for
+            permutation tests and compositional search without ranking a second time.
 
     Returns:
         A dict of numpy arrays:
@@ -69,6 +73,7 @@ def score_block(
         - ``n_pos``, ``n_neg``: ``(n_concepts,)`` int64.
         - ``dead``: ``(n_units,)`` bool, constant units.
         - ``n_nonfinite``: ``(n_units,)`` int64, NaN/inf activations per unit.
+        - ``ranks``: the :class:`UnitRanks` (``ranks`` given or computed), with ``return_ranks``.
 
     Raises:
         ValueError: shapes disagree (the message quotes them) or labels are not 0/1.
@@ -93,6 +98,8 @@ def score_block(
     dead = np.empty(n_units, dtype=bool)
     n_nonfinite = np.empty(n_units, dtype=np.int64)
     unscored = ~layout.scored
+    keep_r2 = np.empty((n_units, n_images), dtype=np.uint32) if return_ranks and ranks is None else None
+    tie_terms = np.empty(n_units, dtype=np.float64) if keep_r2 is not None else None
 
     def work(bounds: tuple[int, int]) -> None:
         k0, k1 = bounds
@@ -100,6 +107,9 @@ def score_block(
             r2, tie_term, dead[k0:k1], n_nonfinite[k0:k1], below = rank_block(
                 a[:, k0:k1], with_below=True
             )
+            if keep_r2 is not None:
+                keep_r2[k0:k1] = r2
+                tie_terms[k0:k1] = tie_term
         else:
             r2 = ranks.doubled(k0, k1)
             below = below_from_doubled(r2)
@@ -130,4 +140,10 @@ def score_block(
     out["n_neg"] = n_images - out["n_pos"]
     out["dead"] = dead
     out["n_nonfinite"] = n_nonfinite
+    if return_ranks:
+        if ranks is None:
+            ranks = UnitRanks(ranks=(keep_r2 * 0.5).T, tie_term=tie_terms, dead=dead.copy(),
+                              n_nonfinite=n_nonfinite.copy())
+            del keep_r2
+        out["ranks"] = ranks
     return out

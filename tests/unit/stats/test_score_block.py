@@ -136,6 +136,26 @@ def test_precomputed_ranks_and_threads_give_identical_results():
             np.testing.assert_array_equal(out[key], base[key])
 
 
+def test_returned_ranks_equal_rank_units():
+    rng = np.random.default_rng(5)
+    a = tied_activations(rng, 400, 21, 1, np.float32)
+    a[3, 2] = np.nan
+    y = random_labels(rng, 400, 9)
+    ref = rank_units(a)
+    base = score_block(a, y)
+    for threads in (1, 2):
+        out = score_block(a, y, n_threads=threads, return_ranks=True)
+        got = out.pop("ranks")
+        np.testing.assert_array_equal(got.ranks, ref.ranks)
+        np.testing.assert_array_equal(got.tie_term, ref.tie_term)
+        np.testing.assert_array_equal(got.dead, ref.dead)
+        np.testing.assert_array_equal(got.n_nonfinite, ref.n_nonfinite)
+        for key in (*PAIR_KEYS, "dead", "n_nonfinite"):
+            np.testing.assert_array_equal(out[key], base[key])
+    assert "ranks" not in base
+    assert score_block(a, y, ranks=ref, return_ranks=True)["ranks"] is ref
+
+
 def test_untied_units_take_the_same_values():
     # Continuous data (no ties) uses the rank sums from the sorted keys alone.
     rng = np.random.default_rng(5)
