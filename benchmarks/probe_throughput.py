@@ -27,20 +27,29 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def make_images(root: Path, n_images: int, seed: int = 0) -> Path:
-    """Write ``n_images`` ImageNet-sized JPEGs (375×500, smooth random colour fields) into ROOT/<class>/."""
+def _write_images(root: Path, start: int, stop: int, seed: int) -> None:
     from PIL import Image
 
-    marker = root / f".done-{n_images}-{seed}"
-    if marker.exists():
-        return root
-    rng = np.random.default_rng(seed)
-    for i in range(n_images):
+    for i in range(start, stop):
+        rng = np.random.default_rng([seed, i])
         small = rng.integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
         img = Image.fromarray(small).resize((500, 375), Image.BICUBIC)
         d = root / f"class{i % 10}"
         d.mkdir(parents=True, exist_ok=True)
         img.save(d / f"{i:06d}.jpg", quality=90)
+
+
+def make_images(root: Path, n_images: int, seed: int = 0) -> Path:
+    """Write ``n_images`` ImageNet-sized JPEGs (375×500, smooth random colour fields) into ROOT/<class>/."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    marker = root / f".done-{n_images}-{seed}-v2"
+    if marker.exists():
+        return root
+    step = 500
+    with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
+        list(pool.map(_write_images, [root] * len(range(0, n_images, step)), range(0, n_images, step),
+                      [min(s + step, n_images) for s in range(0, n_images, step)], [seed] * n_images))
     marker.touch()
     return root
 
@@ -102,14 +111,14 @@ def ray_probe(folder: Path, out: Path, args) -> dict:
             "model": {"name": args.model, "weights": "random", "layers": args.layers, "reduce": args.reduce},
             "probe": {"batch_size": args.batch_size, "num_actors": args.num_actors, "num_gpus": args.num_gpus,
                       "cpus_per_actor": args.cpus_per_actor, "decode_cpus": args.decode_cpus,
-                      "channels_last": args.channels_last},
+                      "channels_last": args.channels_last, "actor_threads": args.actor_threads},
         }
     )
     t0 = time.perf_counter()
     summary = run_probe(cfg, str(out / "run"), quiet=True)
     return {"seconds": time.perf_counter() - t0, "images": summary.n_ok + summary.n_failed,
             "steady_images_per_second": summary.extra["steady_images_per_second"],
-            "actor_peak_rss_mib": summary.extra["actor_peak_rss_mib"]}
+            "actor_peak_rss_mib": summary.extra["actor_peak_rss_mib"], "phases_s": summary.extra["phases_s"]}
 
 
 def forward_only(args) -> float:
@@ -150,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus-per-actor", type=float, default=0.5)
     p.add_argument("--decode-cpus", type=float, default=0.5)
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--actor-threads", type=int, default=1, help="probe.actor_threads (batches in flight per actor)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--images-dir", type=Path, default=Path(tempfile.gettempdir()) / "neuronscan-bench-images")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "probe_throughput.json")
@@ -172,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs[name].append(res)
             print(f"repeat {r + 1}: end to end plain {plain['images_per_second']:.1f} img/s, "
                   f"ray {ray_res['images_per_second']:.1f} img/s; steady plain "
-                  f"{plain['steady_images_per_second']:.1f}, ray {ray_res['steady_images_per_second']:.1f}", flush=True)
+                  f"{plain['steady_images_per_second']:.1f}, ray {ray_res['steady_images_per_second']:.1f}; ray phases (s) "
+                  f"{ray_res['phases_s']}", flush=True)
     med = {k: statistics.median(x["images_per_second"] for x in v) for k, v in runs.items()}
     steady = {k: statistics.median(x["steady_images_per_second"] for x in v) for k, v in runs.items()}
     fwd = forward_only(args)
@@ -180,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "probe_throughput",
         "model": args.model, "layers": args.layers, "reduce": args.reduce, "n_images": args.n_images,
         "batch_size": args.batch_size, "device": args.device, "num_gpus": args.num_gpus,
-        "channels_last": args.channels_last, "repeats": args.repeats, "cpus": os.cpu_count(),
+        "channels_last": args.channels_last, "actor_threads": args.actor_threads, "repeats": args.repeats, "cpus": os.cpu_count(),
         "runs": runs,
         "median_images_per_second": med,
         "ratio_ray_to_plain": med["ray"] / med["plain"],

@@ -115,6 +115,11 @@ class ProbeSection(_Section):
     cpus_per_actor: float = Field(0.5, gt=0, description="Fractional CPUs keep 2-core machines from deadlocking.")
     decode_cpus: float = Field(0.5, gt=0, description="CPUs per decode task.")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per actor; default: all cores.")
+    actor_threads: int = Field(
+        1, ge=1, le=8,
+        description="Batches in flight per probe actor: with 2, one batch's Parquet writes overlap the next "
+                    "batch's forward pass (the model itself runs one batch at a time). Useful on GPUs.",
+    )
     autocast: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU).")
     channels_last: bool = True
     topk: int = Field(16, ge=1, le=1000, description="Top images kept per unit (with argmax location).")
@@ -122,12 +127,27 @@ class ProbeSection(_Section):
 
 
 class CompositionalSection(_Section):
+    """Compositional labels: the best AND/OR/NOT formula of concepts per unit."""
+
     enabled: bool = True
     max_length: int = Field(3, ge=1, le=5)
-    beam_size: int = Field(5, ge=1, le=50)
+    beam_size: int = Field(5, ge=1, le=50, description="Formulas kept per step (search: beam only).")
     n_candidates: int = Field(32, ge=2, le=1000)
     min_fraction: float = Field(0.001, ge=0, le=1)
     max_fraction: float = Field(0.5, ge=0, le=1)
+    search: Literal["exact", "beam"] = Field(
+        "exact",
+        description="'exact': the optimum of the search space (max_length <= 3); 'beam': INVERT's beam search, a heuristic.",
+    )
+
+    @model_validator(mode="after")
+    def _exact_length(self) -> "CompositionalSection":
+        if self.search == "exact" and self.max_length > 3:
+            raise ValueError(
+                f"search 'exact' supports max_length <= 3 (got {self.max_length}); "
+                "set search: beam for longer formulas"
+            )
+        return self
 
 
 class ScoreSection(_Section):

@@ -111,6 +111,25 @@ def test_rerun_same_run_dir_skips_committed_work(ray_local, salted):
     pd.testing.assert_frame_equal(before, after)
 
 
+def test_several_batches_in_flight_per_actor_give_the_same_tables(ray_local, salted):
+    # probe.actor_threads = 3: three __call__s at once in one actor (model under a lock, writes outside).
+    root, _ = salted
+    run_dir = root / "run_threads"
+    summary = run_probe(_cfg({"folder": str(root / "images")}, root, batch_size=4, actor_threads=3), str(run_dir))
+    base = pd.read_parquet(root / "run" / "images.parquet")
+    images = pd.read_parquet(run_dir / "images.parquet")
+    pd.testing.assert_frame_equal(images, base)
+    assert summary.n_ok + summary.n_failed == summary.n_inputs == len(base)
+    for layer in summary.layers:
+        got, ref = _activations(run_dir, layer), _activations(root / "run", layer)
+        np.testing.assert_array_equal(got["image_id"].to_numpy(), ref["image_id"].to_numpy())
+        np.testing.assert_allclose(got.iloc[:, 1:].to_numpy(), ref.iloc[:, 1:].to_numpy(), rtol=1e-4, atol=1e-5)
+        name = layer.replace(":", "__")
+        top, top_ref = (pd.read_parquet(d / "topk" / f"{name}.parquet").sort_values(["unit", "rank"]) for d in
+                        (run_dir, root / "run"))
+        np.testing.assert_allclose(top["value"].to_numpy(), top_ref["value"].to_numpy(), rtol=1e-4, atol=1e-5)
+
+
 def test_resume_after_killed_run(ray_local, tmp_path):
     world = {"shapes_world": {"root": str(tmp_path / "world"), "n_images": 240, "seed": 3}}
     cfg_path = tmp_path / "cfg.yaml"
