@@ -1,4 +1,4 @@
-"""Benchmark: compositional labels (INVERT beam search) for every unit of a layer.
+"""Benchmark: compositional labels (exact search and INVERT beam search) for every unit of a layer.
 
 Synthetic layer: ``n_concepts`` concepts, of which ``--n-common`` are common (support 5-40 %, like
 colours or backgrounds) and the rest rare (mean support ``--density``); a fraction
@@ -6,22 +6,32 @@ colours or backgrounds) and the rest rare (mean support ``--density``); a fracti
 ("A", "A AND B", "A OR B", "(A AND B) OR C", "(A OR B) AND NOT C"), the rest are noise; every unit
 is ReLU'd, so ties at 0 are common. Reported:
 
-1. Wall time of ``compositional_search_units`` over all units (or ``--units-sample`` units, with
-   the full-layer time extrapolated and labelled as such), after ranking the activations (timed
-   separately: the score stage ranks once for all kernels).
+1. Wall and CPU time of ``compositional_search_units`` over all units (or ``--units-sample``
+   units, with the full-layer time extrapolated and labelled as such), for each search in
+   ``--searches`` (``exact``: the optimum of the space; ``beam``: INVERT's beam of
+   ``--beam-size``), after ranking the activations (timed separately: the score stage ranks once
+   for all kernels).
 2. On a reduced layer (``--exhaustive-images`` images, ``--exhaustive-concepts`` concepts, rare
-   ones at >= 5 % support), how often the beam's best formula reaches the optimum of an
-   exhaustive enumeration of the same space (same atom set, operators, length, support bounds),
-   and the AUC gap when it does not, for each floor in ``--exhaustive-min-fractions``.
+   ones at >= 5 % support), against an exhaustive enumeration of the same space (same atom set,
+   operators, length, support bounds), for each floor in ``--exhaustive-min-fractions``: the
+   fraction of units where the exact search equals the exhaustive optimum (same AUC within 1e-12,
+   and the same positive set when the optimum is unique; must be 1.0), and how often the beam's
+   best formula reaches the optimum, with the AUC gap when it does not.
 3. For planted units whose planted set has its support in bounds (others cannot be found and are
-   only counted), by template: how often the best formula has exactly the planted positive set, a
-   set with Jaccard >= 0.9 to it, or an AUC at least that of the planted set (the search
-   objective met even when a formula fits the noise slightly better than the truth).
+   only counted), by template and search: how often the best formula has exactly the planted
+   positive set, a set with Jaccard >= 0.9 to it, or an AUC at least that of the planted set (the
+   search objective met even when a formula fits the noise slightly better than the truth).
 
 Example (the full-size run)::
 
     python benchmarks/compositional_search.py --n-images 50000 --n-units 2048 --n-concepts 1481 \\
         --density 0.01 --max-length 3 --beam-size 5 --out benchmarks/results/compositional_search.json
+
+A quick check of the script (seconds)::
+
+    python benchmarks/compositional_search.py --n-images 5000 --n-units 16 --n-concepts 200 \\
+        --exhaustive-units 10 --exhaustive-images 500 --exhaustive-concepts 16 \\
+        --exhaustive-candidates 6 --compare-beam-sizes 5 --out /tmp/compositional_search.json
 """
 
 from __future__ import annotations
@@ -109,25 +119,49 @@ def _auc_of(r: np.ndarray, mask: np.ndarray) -> float:
 
 
 def _compare(ranks, labels, names, planted, args, min_fraction: float) -> dict:
-    """Beam search (each size in --compare-beam-sizes) vs exhaustive enumeration of the same space."""
+    """Exact search and beam search (each size in --compare-beam-sizes) vs exhaustive enumeration
+    of the same space."""
     kw = dict(
         max_length=args.max_length, max_fraction=args.max_fraction, min_fraction=min_fraction,
         n_candidates=args.exhaustive_candidates,
     )
     n_units = ranks.shape[1]
+    with_exact = args.max_length <= 3  # the exact search's limit
     gaps = {b: [] for b in args.compare_beam_sizes}
     t_beam = {b: 0.0 for b in args.compare_beam_sizes}
-    is_planted, t_exh = [], 0.0
+    exact_equal, exact_identical, exact_gap, exact_count_equal = [], [], [], []
+    is_planted, t_exh, t_exact = [], 0.0, 0.0
     for k in range(n_units):
         t0 = time.perf_counter()
-        exh, _ = exhaustive_search(ranks[:, k], labels, names, top_k=1, **kw)
+        exh, n_exh = exhaustive_search(ranks[:, k], labels, names, top_k=2, **kw)
         t_exh += time.perf_counter() - t0
+        if with_exact:
+            t0 = time.perf_counter()
+            exact, n_exact = compositional_search(
+                ranks[:, k], labels, names, beam_size=1, search="exact", **kw
+            )
+            t_exact += time.perf_counter() - t0
+            exact_count_equal.append(n_exact == n_exh)
         if not exh:
+            if with_exact:
+                exact_equal.append(not exact)
+                exact_identical.append(not exact)
             continue
         is_planted.append(planted[k] is not None)
+        if with_exact:
+            same_auc = bool(exact) and abs(exact[0].auc - exh[0].auc) <= 1e-12
+            unique = len(exh) == 1 or exh[1].auc < exh[0].auc - 1e-12
+            same_set = not unique or (
+                bool(exact) and np.array_equal(exact[0].mask(labels), exh[0].mask(labels))
+            )
+            exact_equal.append(same_auc and same_set)
+            exact_identical.append(bool(exact) and exact[0] == exh[0])
+            exact_gap.append(exh[0].auc - exact[0].auc if exact else np.inf)
         for b in args.compare_beam_sizes:
             t0 = time.perf_counter()
-            beam, _ = compositional_search(ranks[:, k], labels, names, beam_size=b, **kw)
+            beam, _ = compositional_search(
+                ranks[:, k], labels, names, beam_size=b, search="beam", **kw
+            )
             t_beam[b] += time.perf_counter() - t0
             gaps[b].append(exh[0].auc - beam[0].auc)
     planted_arr = np.array(is_planted, dtype=bool)
@@ -164,8 +198,74 @@ def _compare(ranks, labels, names, planted, args, min_fraction: float) -> dict:
         "units_compared": int(planted_arr.size),
         "planted_units_compared": int(planted_arr.sum()),
         "exhaustive_s_per_unit": round(t_exh / n_units, 4),
+        "exact": None if not with_exact else {
+            "search": "exact",
+            # all units, including those with no formula in bounds (both must return nothing)
+            "exact_equals_exhaustive_fraction": round(float(np.mean(exact_equal)), 4),
+            "identical_formula_fraction": round(float(np.mean(exact_identical)), 4),
+            "same_n_formulas_evaluated_fraction": round(float(np.mean(exact_count_equal)), 4),
+            "auc_gap_max": round(float(np.max(exact_gap, initial=0.0)), 6),
+            "exact_ms_per_unit": round(1e3 * t_exact / n_units, 3),
+        },
         "by_beam_size": [summary(b) for b in args.compare_beam_sizes],
     }
+
+
+def _search_layer(ranks, labels, names, planted, templates, args, search: str, search_kw: dict):
+    """Time one search over every unit of the layer; (timing, planted recovery)."""
+    n_search = ranks.shape[1]
+    t0, c0 = time.perf_counter(), time.process_time()
+    best, counts = compositional_search_units(
+        ranks, labels, names, n_candidates=args.n_candidates, n_threads=args.threads,
+        block_size=args.block_size, return_counts=True, search=search, **search_kw,
+    )
+    t_search, cpu_search = time.perf_counter() - t0, time.process_time() - c0
+    per_template = {
+        t: {"units": 0, "out_of_bounds": 0, "exact": 0, "jaccard_ge_0.9": 0, "auc_ge_planted": 0}
+        for t in TEMPLATES
+    }
+    for k, (mask, template) in enumerate(zip(planted, templates)):
+        if mask is None:
+            continue
+        row = per_template[template]
+        if not args.min_fraction <= mask.mean() <= args.max_fraction:
+            row["out_of_bounds"] += 1  # outside the searched space: no formula can match it
+            continue
+        row["units"] += 1
+        if best[k] is None:
+            continue
+        found = best[k].mask(labels)
+        row["exact"] += bool(np.array_equal(found, mask))
+        jaccard = np.count_nonzero(found & mask) / np.count_nonzero(found | mask)
+        row["jaccard_ge_0.9"] += bool(jaccard >= 0.9)
+        row["auc_ge_planted"] += bool(best[k].auc >= _auc_of(ranks[:, k], mask) - 1e-12)
+    timing = {
+        "search": search,
+        "beam_size": args.beam_size if search == "beam" else None,
+        "search_s": round(t_search, 3),
+        "search_cpu_s": round(cpu_search, 3),
+        "per_unit_ms": round(1e3 * t_search / n_search, 3),
+        "per_unit_cpu_ms": round(1e3 * cpu_search / n_search, 3),
+        "mean_formulas_evaluated_per_unit": float(np.mean(counts)),
+        "units_with_no_formula_in_bounds": int(sum(f is None for f in best)),
+        "best_length_histogram": {
+            str(L): int(sum(f is not None and f.length == L for f in best))
+            for L in range(1, args.max_length + 1)
+        },
+    }
+    if n_search < args.n_units:
+        timing["EXTRAPOLATED_full_layer_search_s"] = round(t_search * args.n_units / n_search, 1)
+    n_planted = sum(row["units"] for row in per_template.values())
+    planted_result = {
+        "planted_units_in_bounds": n_planted,
+        "planted_units_out_of_bounds": sum(row["out_of_bounds"] for row in per_template.values()),
+    }
+    for key in ("exact", "jaccard_ge_0.9", "auc_ge_planted"):
+        planted_result[f"{key}_fraction"] = round(
+            sum(row[key] for row in per_template.values()) / max(n_planted, 1), 4
+        )
+    planted_result["by_template"] = per_template
+    return timing, planted_result
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -178,7 +278,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="mean support of the rare concepts")
     parser.add_argument("--planted-fraction", type=float, default=0.25)
     parser.add_argument("--max-length", type=int, default=3)
-    parser.add_argument("--beam-size", type=int, default=5)
+    parser.add_argument("--beam-size", type=int, default=5, help="beam for --searches beam")
+    parser.add_argument("--searches", nargs="+", choices=["exact", "beam"],
+                        default=["exact", "beam"], help="searches timed on the full layer")
     parser.add_argument("--n-candidates", type=int, default=32)
     parser.add_argument("--min-fraction", type=float, default=DEFAULT_MIN_FRACTION)
     parser.add_argument("--max-fraction", type=float, default=DEFAULT_MAX_FRACTION)
@@ -219,64 +321,26 @@ def main(argv: list[str] | None = None) -> dict:
     t_rank, cpu_rank = time.perf_counter() - t0, time.process_time() - c0
     del acts
     names = [f"c{j:04d}" for j in range(args.n_concepts)]
-    t0, c0 = time.perf_counter(), time.process_time()
-    best, counts = compositional_search_units(
-        ranks, labels, names, n_candidates=args.n_candidates, n_threads=args.threads,
-        block_size=args.block_size, return_counts=True, **search_kw,
-    )
-    t_search, cpu_search = time.perf_counter() - t0, time.process_time() - c0
-    per_template = {
-        t: {"units": 0, "out_of_bounds": 0, "exact": 0, "jaccard_ge_0.9": 0, "auc_ge_planted": 0}
-        for t in TEMPLATES
-    }
-    for k, (mask, template) in enumerate(zip(planted, templates)):
-        if mask is None:
-            continue
-        row = per_template[template]
-        if not args.min_fraction <= mask.mean() <= args.max_fraction:
-            row["out_of_bounds"] += 1  # outside the searched space: no formula can match it
-            continue
-        row["units"] += 1
-        if best[k] is None:
-            continue
-        found = best[k].mask(labels)
-        row["exact"] += bool(np.array_equal(found, mask))
-        jaccard = np.count_nonzero(found & mask) / np.count_nonzero(found | mask)
-        row["jaccard_ge_0.9"] += bool(jaccard >= 0.9)
-        row["auc_ge_planted"] += bool(best[k].auc >= _auc_of(ranks[:, k], mask) - 1e-12)
-    per_unit_ms = 1e3 * t_search / n_search
     timing = {
         "units_searched": n_search,
-        "search_s": round(t_search, 3),
-        "search_cpu_s": round(cpu_search, 3),
         "threads": args.threads,
-        "per_unit_ms": round(per_unit_ms, 3),
         "rank_s": round(t_rank, 3),
         "rank_cpu_s": round(cpu_rank, 3),
-        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
         "generate_s": round(t_generate, 3),
-        "mean_formulas_evaluated_per_unit": float(np.mean(counts)),
-        "units_with_no_formula_in_bounds": int(sum(f is None for f in best)),
-        "best_length_histogram": {
-            str(L): int(sum(f is not None and f.length == L for f in best))
-            for L in range(1, args.max_length + 1)
-        },
+        "by_search": {},
     }
-    if n_search < args.n_units:
-        timing["EXTRAPOLATED_full_layer_search_s"] = round(t_search * args.n_units / n_search, 1)
-    n_planted = sum(row["units"] for row in per_template.values())
-    planted_result = {
-        "planted_units_in_bounds": n_planted,
-        "planted_units_out_of_bounds": sum(row["out_of_bounds"] for row in per_template.values()),
-    }
-    for key in ("exact", "jaccard_ge_0.9", "auc_ge_planted"):
-        planted_result[f"{key}_fraction"] = round(
-            sum(row[key] for row in per_template.values()) / max(n_planted, 1), 4
+    planted_by_search = {}
+    for search in args.searches:
+        if search == "exact" and args.max_length > 3:
+            timing["by_search"][search] = planted_by_search[search] = "skipped: max_length > 3"
+            continue
+        timing["by_search"][search], planted_by_search[search] = _search_layer(
+            ranks, labels, names, planted, templates, args, search, search_kw
         )
-    planted_result["by_template"] = per_template
+    timing["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     del ranks
 
-    # ---- 2. beam vs exhaustive enumeration of the same space, reduced size
+    # ---- 2. exact and beam vs exhaustive enumeration of the same space, reduced size
     rng_small = np.random.default_rng(args.seed + 1)
     small_common = min(args.n_common, args.exhaustive_concepts // 2)
     small_labels = make_labels(
@@ -305,8 +369,8 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "labels_nnz": int(labels.nnz),
         "timing": timing,
-        "planted_recovery": planted_result,
-        "beam_vs_exhaustive": comparisons,
+        "planted_recovery": planted_by_search,
+        "vs_exhaustive": comparisons,
     }
     text = json.dumps(result, indent=2)
     print(text)
