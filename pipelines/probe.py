@@ -269,6 +269,22 @@ class ActivationProbe:
         return {"image_id": ids, "ok": ok, "peak_rss_mib": np.full(len(ids), rss_mib, dtype=np.float32)}
 
 
+def decode_concurrency(pcfg) -> int | None:
+    """Cap on decode tasks in flight: ``probe.decode_tasks``, or None to let Ray Data decide.
+
+    With the default (no cap) and equal CPU requests (``decode_cpus == cpus_per_actor``, no GPU), Ray
+    Data fuses decoding into the probe actors: each actor decodes a batch, then runs the model on it.
+    On a small CPU-only machine that is the faster arrangement (a decode process beside a
+    multi-threaded CPU forward pass slows the forward pass more than it gains). With GPUs the stages
+    never fuse and decode tasks run on every free CPU. A cap equal to the number of actors is moved up
+    by one: Ray Data fuses a capped decode stage into an actor pool of the same size.
+    """
+    n = pcfg.decode_tasks
+    if n is None:
+        return None
+    return n + 1 if n == pcfg.num_actors else n
+
+
 @dataclass
 class ProbeSummary:
     """What the probe did, for run.json and the terminal."""
@@ -480,11 +496,13 @@ def run_probe(cfg, run_dir: str, *, quiet: bool = False, plan: ProbePlan | None 
         block = max(pcfg.batch_size, 1)
         chunks = [todo.iloc[i : i + block] for i in range(0, len(todo), block)]
         ds = ray.data.from_pandas(chunks)
+        n_decode = decode_concurrency(pcfg)
         ds = ds.map_batches(
             decode_images,
             fn_kwargs={"size": size, "max_pixels": cfg.data.max_pixels, "resize": cfg.data.resize},
             batch_size=pcfg.batch_size,
             num_cpus=pcfg.decode_cpus,
+            **({"compute": ray.data.TaskPoolStrategy(size=n_decode)} if n_decode else {}),
         )
         ds = ds.map_batches(
             ActivationProbe,

@@ -114,6 +114,9 @@ class ProbeSection(_Section):
     num_gpus: float = Field(0.0, ge=0, description="GPUs per probe actor; 0 runs on CPU. Never assumed.")
     cpus_per_actor: float = Field(0.5, gt=0, description="Fractional CPUs keep 2-core machines from deadlocking.")
     decode_cpus: float = Field(0.5, gt=0, description="CPUs per decode task.")
+    decode_tasks: int | None = Field(
+        None, ge=1, description="Cap on decode tasks in flight; default: no cap (Ray Data schedules them on free CPUs).",
+    )
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per actor; default: all cores.")
     actor_threads: int = Field(
         1, ge=1, le=8,
