@@ -118,7 +118,7 @@ def plain_in_subprocess(folder: Path, out: Path, args) -> dict:
     """Run :func:`plain_loop` in a fresh Python process (as a user runs a script) and return its result."""
     spec = {"folder": str(folder), "out": str(out), "model": args.model, "layers": args.layers,
             "reduce": args.reduce, "batch_size": args.batch_size, "device": args.device,
-            "channels_last": args.channels_last}
+            "channels_last": args.plain_channels_last}
     proc = subprocess.run([sys.executable, __file__, "--plain-worker", json.dumps(spec)], capture_output=True,
                           text=True, check=False)
     if proc.returncode != 0:
@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus-per-actor", type=float, default=0.5)
     p.add_argument("--decode-cpus", type=float, default=0.5)
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--plain-channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last for the plain loop only (default: as --channels-last)")
     p.add_argument("--actor-threads", type=int, default=1, help="probe.actor_threads (batches in flight per actor)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--images-dir", type=Path, default=Path(tempfile.gettempdir()) / "neuronscan-bench-images")
@@ -193,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="run the plain loop in this (warm) process instead of a fresh interpreter per repeat")
     p.add_argument("--plain-worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.plain_channels_last is None:
+        args.plain_channels_last = args.channels_last
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.plain_worker:
         spec = json.loads(args.plain_worker)
@@ -212,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.repeats):
             if args.plain_in_process:
                 plain = plain_loop(folder, Path(tmp) / f"plain{r}", args.model, args.layers, args.reduce,
-                                   args.batch_size, args.device, args.channels_last)
+                                   args.batch_size, args.device, args.plain_channels_last)
             else:
                 plain = plain_in_subprocess(folder, Path(tmp) / f"plain{r}", args)
             ray_res = ray_probe(folder, Path(tmp) / f"ray{r}", args)
@@ -230,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "probe_throughput",
         "model": args.model, "layers": args.layers, "reduce": args.reduce, "n_images": args.n_images,
         "batch_size": args.batch_size, "device": args.device, "num_gpus": args.num_gpus,
-        "channels_last": args.channels_last, "actor_threads": args.actor_threads, "repeats": args.repeats,
+        "channels_last": args.channels_last, "plain_channels_last": args.plain_channels_last,
+        "actor_threads": args.actor_threads, "repeats": args.repeats,
         "plain_in": "this process" if args.plain_in_process else "a fresh interpreter per repeat",
         "ray_init_s": ray_init_s, "cpus": os.cpu_count(),
         "runs": runs,
