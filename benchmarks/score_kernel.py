@@ -36,6 +36,7 @@ from neuronscan.stats._auc import auc_from_ranks
 from neuronscan.stats._auprc import ConceptLayout, block_rank_sums_and_ap
 from neuronscan.stats._mannwhitney import mannwhitney_pvalues
 from neuronscan.stats._ranking import rank_block, resolve_threads, run_blocks, unit_blocks
+from neuronscan.stats._score import _MAX_BLOCK
 from neuronscan.stats._validate import as_labels
 
 
@@ -85,7 +86,7 @@ def phase_breakdown(acts: np.ndarray, labels: sp.csc_array, n_threads: int | Non
     layout = ConceptLayout.build(as_labels(labels, n_images))
     phases["labels_layout"] = time.perf_counter() - t0
 
-    blocks = unit_blocks(n_units, 32)
+    blocks = unit_blocks(n_units, _MAX_BLOCK)  # the block size score_block uses
     ranked: dict[int, tuple] = {}
 
     def rank(bounds: tuple[int, int]) -> None:

@@ -131,6 +131,9 @@ class ActivationProbe:
         from neuronscan.models import ActivationRecorder, build_model
 
         torch.set_num_threads(torch_threads or os.cpu_count() or 1)
+        # Ray batches are read-only; _forward hands them to torch without a copy and never writes to
+        # them (the float conversion makes a new tensor). Set once, process-wide (thread-safe use).
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         self.torch = torch
         self.device = torch.device("cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu")
         spec = build_model(**model)
@@ -160,14 +163,7 @@ class ActivationProbe:
         # Ray batches are read-only views. torch.from_numpy warns about that but shares the memory;
         # nothing writes to it (the device copy and the float conversion make new tensors), so skip
         # the copy a writable array would cost (~10 ms per batch of 256 at 224 px).
-        pixels = np.asarray(pixels)
-        if pixels.flags.writeable:
-            x = torch.from_numpy(pixels)
-        else:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*non-writable.*")
-                x = torch.from_numpy(pixels)
-        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        x = torch.from_numpy(np.asarray(pixels)).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
         # A new float tensor in every case (never an alias of the batch), then normalised in place.
         x = x.to(torch.float32, copy=True).sub_(self.mean).div_(self.std)
         if self.channels_last:
@@ -183,8 +179,16 @@ class ActivationProbe:
                 result[name] = (values.cpu().numpy(), top_vals.cpu().numpy(), top_idx.cpu().numpy(), top_loc.cpu().numpy())
         return result
 
-    def _update_top(self, name: str, ids: np.ndarray, top_vals, top_idx, top_loc) -> pa.Table | None:
-        """Merge a batch's top-m into the running top-M; return the entries that entered it."""
+    def _update_top(
+        self, name: str, ids: np.ndarray, top_vals, top_idx, top_loc, *, fold: bool
+    ) -> pa.Table | None:
+        """The batch's entries that enter the running top-M; with ``fold``, also merge them into it.
+
+        A batch is folded in only after its commit is written: a batch that fails (and is retried, or
+        redone on resume) never displaced anything, and a batch probed concurrently with another
+        writes its entries against a running top that lacks the other's — a superset of what it
+        needs, which ``_merge_topk`` reduces to the exact global top-M.
+        """
         n_units = top_vals.shape[1]
         batch_ids = ids[top_idx]  # (m, K)
         if name in self.top:
@@ -198,7 +202,9 @@ class ActivationProbe:
         locs = np.concatenate([run_loc, top_loc.astype(np.float32)])
         order = np.argsort(-vals, axis=0, kind="stable")[: self.topk]
         cols = np.arange(n_units)
-        self.top[name] = (vals[order, cols], all_ids[order, cols], locs[order, cols])
+        if fold:
+            self.top[name] = (vals[order, cols], all_ids[order, cols], locs[order, cols])
+            return None
         entered = order >= len(run_vals)
         if not entered.any():
             return None
@@ -226,19 +232,21 @@ class ActivationProbe:
             outs: dict = {}
             entered: dict[str, pa.Table | None] = {}
             emb = None
+            # All-ok batches (the usual case) go to the model without a copy; a mask index copies.
+            pixels = batch["pixels"] if ok.all() else batch["pixels"][ok]
             with self._lock:
                 try:
-                    outs = self._forward(batch["pixels"][ok])
+                    outs = self._forward(pixels)
                 except Exception as exc:  # noqa: BLE001 - a model failure on a batch fails its images, not the run
                     log.error("forward pass failed on a batch of %d images: %s", int(ok.sum()), exc)
                     errors = [f"model_error: {type(exc).__name__}: {exc}" if o else e for o, e in zip(ok, errors)]
                     ok = np.zeros_like(ok)
                 for name, (_values, top_vals, top_idx, top_loc) in outs.items():
-                    entered[name] = self._update_top(name, ok_ids, top_vals, top_idx, top_loc)
+                    entered[name] = self._update_top(name, ok_ids, top_vals, top_idx, top_loc, fold=False)
                 if self.clip is not None and ok.any():
                     from neuronscan.clip import embed_images
 
-                    emb = embed_images(self.clip, np.array(batch["pixels"][ok]))
+                    emb = embed_images(self.clip, pixels)
             for name, (values, *_rest) in outs.items():
                 lname = layer_dirname(name)
                 write_parquet_atomic(
@@ -265,6 +273,10 @@ class ActivationProbe:
             schema=IMAGES_SCHEMA,
         )
         write_parquet_atomic(commit, join(self.out, "probe", "commits", f"{part}.parquet"))
+        if ok.any():
+            with self._lock:
+                for name, (_values, top_vals, top_idx, top_loc) in outs.items():
+                    self._update_top(name, ok_ids, top_vals, top_idx, top_loc, fold=True)
         rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return {"image_id": ids, "ok": ok, "peak_rss_mib": np.full(len(ids), rss_mib, dtype=np.float32)}
 
@@ -276,13 +288,15 @@ def decode_concurrency(pcfg) -> int | None:
     Data fuses decoding into the probe actors: each actor decodes a batch, then runs the model on it.
     On a small CPU-only machine that is the faster arrangement (a decode process beside a
     multi-threaded CPU forward pass slows the forward pass more than it gains). With GPUs the stages
-    never fuse and decode tasks run on every free CPU. A cap equal to the number of actors is moved up
-    by one: Ray Data fuses a capped decode stage into an actor pool of the same size.
+    never fuse and decode tasks run on every free CPU. Where the stages could fuse (same CPU request,
+    no GPU), a cap equal to the number of actors is moved up by one: Ray Data would fuse a capped
+    decode stage into an actor pool of the same size, and a user who sets a cap wants a decode stage.
     """
     n = pcfg.decode_tasks
     if n is None:
         return None
-    return n + 1 if n == pcfg.num_actors else n
+    fusable = pcfg.num_gpus == 0 and pcfg.decode_cpus == pcfg.cpus_per_actor
+    return n + 1 if fusable and n == pcfg.num_actors else n
 
 
 @dataclass

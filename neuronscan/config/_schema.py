@@ -115,7 +115,9 @@ class ProbeSection(_Section):
     cpus_per_actor: float = Field(0.5, gt=0, description="Fractional CPUs keep 2-core machines from deadlocking.")
     decode_cpus: float = Field(0.5, gt=0, description="CPUs per decode task.")
     decode_tasks: int | None = Field(
-        None, ge=1, description="Cap on decode tasks in flight; default: no cap (Ray Data schedules them on free CPUs).",
+        None, ge=1, description="Cap on decode tasks in flight; default: no cap (Ray Data schedules them on free CPUs). "
+                    "On CPU-only actors with decode_cpus == cpus_per_actor a cap equal to num_actors is raised by "
+                    "one, so that decoding stays a separate stage.",
     )
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per actor; default: all cores.")
     actor_threads: int = Field(
@@ -129,13 +131,19 @@ class ProbeSection(_Section):
     clip: ClipSection | None = None
 
 
+# Largest n_candidates for search 'exact': up to 256 atoms, ~1.7e7 formulas and ~45 MB of tables per unit.
+_MAX_EXACT_CANDIDATES = 128
+
+
 class CompositionalSection(_Section):
     """Compositional labels: the best AND/OR/NOT formula of concepts per unit."""
 
     enabled: bool = True
     max_length: int = Field(3, ge=1, le=5)
     beam_size: int = Field(5, ge=1, le=50, description="Formulas kept per step (search: beam only).")
-    n_candidates: int = Field(32, ge=2, le=1000)
+    n_candidates: int = Field(
+        32, ge=2, le=1000, description="Atoms tried per unit: the top n by AUC plus the top n in bounds (exact: <= 128).",
+    )
     min_fraction: float = Field(0.001, ge=0, le=1)
     max_fraction: float = Field(0.5, ge=0, le=1)
     search: Literal["exact", "beam"] = Field(
@@ -149,6 +157,17 @@ class CompositionalSection(_Section):
             raise ValueError(
                 f"search 'exact' supports max_length <= 3 (got {self.max_length}); "
                 "set search: beam for longer formulas"
+            )
+        if self.search == "exact" and self.n_candidates > _MAX_EXACT_CANDIDATES:
+            # |A| <= 2 n_candidates atoms: the space grows as |A|^3 per unit, the triple tables as K^3.
+            raise ValueError(
+                f"search 'exact' supports n_candidates <= {_MAX_EXACT_CANDIDATES} (got {self.n_candidates}); "
+                "set search: beam for larger candidate sets"
+            )
+        if self.min_fraction > self.max_fraction:
+            raise ValueError(
+                f"min_fraction ({self.min_fraction}) is above max_fraction ({self.max_fraction}): "
+                "no formula could have its support in bounds"
             )
         return self
 

@@ -1,0 +1,64 @@
+"""The probe actor's per-batch contract, called in-process (no Ray): parts, commit, running top-M."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import pipelines.probe as probe_mod
+from pipelines.probe import ActivationProbe, _merge_topk
+
+
+def _batch(ids, rng):
+    n = len(ids)
+    pixels = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+    pixels.flags.writeable = False  # Ray hands batches over read-only
+    return {"image_id": np.asarray(ids), "ok": np.ones(n, bool), "error": np.array([""] * n, object),
+            "uri": np.array([f"img{i}" for i in ids], object), "pixels": pixels}
+
+
+@pytest.fixture
+def actor(tmp_path):
+    return ActivationProbe(model={"name": "tinycnn"}, layers=["conv2"], reduce=["max"], out=str(tmp_path), topk=3)
+
+
+def test_a_batch_that_failed_to_commit_displaces_nothing(actor, tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    first, second = _batch(range(0, 8), rng), _batch(range(8, 16), rng)
+    real_write = probe_mod.write_parquet_atomic
+
+    def failing_commit(table, uri, **kw):
+        if "/commits/" in uri:
+            raise OSError("disk full")
+        return real_write(table, uri, **kw)
+
+    monkeypatch.setattr(probe_mod, "write_parquet_atomic", failing_commit)
+    with pytest.raises(OSError):
+        actor(second)  # its parts are written, its commit is not: a resume deletes those parts
+    monkeypatch.setattr(probe_mod, "write_parquet_atomic", real_write)
+    for name in ("activations", "topk"):
+        for f in Path(tmp_path, name).rglob("part-*.parquet"):
+            f.unlink()  # what a resume does with the parts of uncommitted batches
+    actor(first)
+    actor(second)  # the retry must still write its own top entries
+    _merge_topk(str(tmp_path), "conv2:max", 3)
+    top = pd.read_parquet(tmp_path / "topk" / "conv2__max.parquet")
+    acts = pd.concat(pd.read_parquet(f) for f in (tmp_path / "activations" / "conv2__max").glob("*.parquet"))
+    assert sorted(acts["image_id"]) == list(range(16))
+    for unit in range(3):
+        col = f"u{unit:05d}"
+        expected = acts.nlargest(3, col)[col].to_numpy()
+        got = top[top["unit"] == unit].sort_values("rank")["value"].to_numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_read_only_batches_are_not_copied_or_written(actor):
+    rng = np.random.default_rng(1)
+    batch = _batch(range(4), rng)
+    before = batch["pixels"].copy()
+    out = actor(batch)
+    assert out["ok"].all()
+    np.testing.assert_array_equal(batch["pixels"], before)
