@@ -136,21 +136,29 @@ def test_tie_term_default_equals_explicit():
 # ------------------------------------------------------------------ planted truth
 
 
+def _planted_and_or(seed: int, p_ab: float, p_c: float):
+    """A unit high on ``(A AND B) OR C`` (A, B with support ``p_ab``, C with ``p_c``) among 10 concepts.
+
+    Returns ``(labels, planted mask, activations, concept names, (a, b, c))``.
+    """
+    rng = np.random.default_rng(seed)
+    n_images, n_concepts = 3000, 10
+    labels = rng.random((n_images, n_concepts)) < rng.uniform(0.15, 0.35, n_concepts)
+    a, b, c = rng.choice(n_concepts, size=3, replace=False)
+    labels[:, a] = rng.random(n_images) < p_ab
+    labels[:, b] = rng.random(n_images) < p_ab
+    labels[:, c] = rng.random(n_images) < p_c
+    planted = (labels[:, a] & labels[:, b]) | labels[:, c]
+    acts = np.maximum(2.5 * planted + rng.normal(size=n_images), 0.0)
+    return labels, planted, acts, [f"k{j}" for j in range(n_concepts)], (a, b, c)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_planted_and_or_formula_is_recovered(seed):
     # (A AND B) OR C with A AND B the larger part, so its prefix A AND B scores well. When C
     # dominates (A, B ~ 0.3, C ~ 0.2) the beam of 5 fills with refinements of C and misses it
     # (see the module docstring); the benchmark reports how often beam search reaches the optimum.
-    rng = np.random.default_rng(seed)
-    n_images, n_concepts = 3000, 10
-    labels = rng.random((n_images, n_concepts)) < rng.uniform(0.15, 0.35, n_concepts)
-    a, b, c = rng.choice(n_concepts, size=3, replace=False)
-    labels[:, a] = rng.random(n_images) < 0.4
-    labels[:, b] = rng.random(n_images) < 0.4
-    labels[:, c] = rng.random(n_images) < 0.08
-    planted = (labels[:, a] & labels[:, b]) | labels[:, c]
-    acts = np.maximum(2.5 * planted + rng.normal(size=n_images), 0.0)
-    names = [f"k{j}" for j in range(n_concepts)]
+    labels, planted, acts, names, _ = _planted_and_or(seed, 0.4, 0.08)
     formulas, _ = compositional_search(rankdata(acts), labels, names)
     np.testing.assert_array_equal(formulas[0].mask(labels), planted)
     assert formulas[0].length == 3
@@ -339,16 +347,7 @@ def test_collector_breaks_ties_by_length_then_depth_first_index(top_k):
 def test_exact_search_recovers_a_formula_the_beam_misses(seed):
     # (A AND B) OR C with C the larger part: the beam of 5 fills with C and its refinements and
     # never reaches A AND B (module docstring); the exact search finds the planted set.
-    rng = np.random.default_rng(seed)
-    n_images, n_concepts = 3000, 10
-    labels = rng.random((n_images, n_concepts)) < rng.uniform(0.15, 0.35, n_concepts)
-    a, b, c = rng.choice(n_concepts, size=3, replace=False)
-    labels[:, a] = rng.random(n_images) < 0.3
-    labels[:, b] = rng.random(n_images) < 0.3
-    labels[:, c] = rng.random(n_images) < 0.2
-    planted = (labels[:, a] & labels[:, b]) | labels[:, c]
-    acts = np.maximum(2.5 * planted + rng.normal(size=n_images), 0.0)
-    names = [f"k{j}" for j in range(n_concepts)]
+    labels, planted, acts, names, (a, b, c) = _planted_and_or(seed, 0.3, 0.2)
     r = rankdata(acts)
     exact, _ = compositional_search(r, sp.csr_array(labels), names, beam_size=1)
     np.testing.assert_array_equal(exact[0].mask(labels), planted)
