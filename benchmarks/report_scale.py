@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from neuronscan.report import write_report  # noqa: E402
-from neuronscan.report._browser import Chromium, find_chromium  # noqa: E402
+from tests.browser import Chromium, find_chromium  # noqa: E402
 from tests.unit.report._fake_run import write_fake_run  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "report_scale.json"

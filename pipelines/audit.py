@@ -4,33 +4,24 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
-import re
 import sys
 import time
-import uuid
-from typing import Any
 
 import pandas as pd
 
 from neuronscan.config import RunConfig
-from neuronscan.io import get_fs, join, read_json, read_parquet, write_json_atomic
+from neuronscan.io import RunDir, new_run_id, read_parquet
 
-__all__ = ["run_audit", "run_dir_for", "versions", "update_run_json", "score_run"]
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+__all__ = ["run_audit", "run_dir_for", "versions", "score_run"]
 
 
-def new_run_id() -> str:
-    return _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+def run_dir_for(cfg: RunConfig) -> tuple[RunDir, str]:
+    """The run directory ``run.out/<model>/<run_id>`` and the run id (a new one when unset).
 
-
-def run_dir_for(cfg: RunConfig) -> tuple[str, str]:
-    """The run directory ``run.out/<model>/<run_id>`` and the run id (a new one when unset)."""
+    ``neuronscan submit`` resolves the same directory with `RunDir.for_run` before the job starts.
+    """
     run_id = cfg.run.run_id or new_run_id()
-    model = _safe(cfg.model.name.rsplit("/", 1)[-1] if cfg.model.name.endswith((".pt2", ".ts")) else cfg.model.name)
-    return join(cfg.run.out, model, run_id), run_id
+    return RunDir.for_run(cfg.run.out, cfg.model.name, run_id), run_id
 
 
 def versions() -> dict[str, str]:
@@ -43,40 +34,34 @@ def versions() -> dict[str, str]:
     return out
 
 
-def update_run_json(run_dir: str, patch: dict[str, Any]) -> dict:
-    """Merge ``patch`` into ``run_dir/run.json`` (top-level keys; dict values merged one level deep)."""
-    uri = join(run_dir, "run.json")
-    fs, path = get_fs(uri)
-    current = read_json(uri) if fs.exists(path) else {}
-    for key, value in patch.items():
-        if isinstance(value, dict) and isinstance(current.get(key), dict):
-            current[key] = {**current[key], **value}
-        else:
-            current[key] = value
-    write_json_atomic(current, uri)
-    return current
-
-
-def score_run(cfg: RunConfig, run_dir: str, *, quiet: bool = False):
-    """Score a probed run in place (reads its activations, labels and hierarchy)."""
+def score_run(cfg: RunConfig, run_dir: str | RunDir, *, quiet: bool = False):
+    """Score a probed run in place (reads its activations, labels and hierarchy) and record it in run.json."""
     from pipelines.score import run_score
 
-    labels = read_parquet(join(run_dir, "labels.parquet")).to_pandas()
-    fs, hpath = get_fs(join(run_dir, "hierarchy.parquet"))
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    labels = read_parquet(run.labels).to_pandas()
     hierarchy = None
-    if fs.exists(hpath):
-        h = read_parquet(join(run_dir, "hierarchy.parquet")).to_pandas()
+    if run.exists(run.hierarchy):
+        h = read_parquet(run.hierarchy).to_pandas()
         hierarchy = list(zip(h["concept"], h["parent"]))
-    return run_score(
-        activations_dir=join(run_dir, "activations"),
+    summary = run_score(
+        activations_dir=run.activations_dir,
         labels=labels,
-        out_dir=run_dir,
+        out_dir=run.root,
         score_cfg=cfg.score,
         hierarchy=hierarchy,
-        run_dir=run_dir,
+        run_dir=run.root,
         clip_cfg=cfg.probe.clip,
         quiet=quiet,
     )
+    # Dict values merge one level deep: these keys join the probe's counts and timings.
+    run.update_info({
+        "counts": {"concepts": summary.n_concepts, "scored_images": summary.n_images, "tests": summary.n_tests,
+                   "significant_pairs": summary.n_significant},
+        "timings": {"score_s": round(summary.seconds, 3)},
+        "score": summary.counts,
+    })
+    return summary
 
 
 def run_audit(cfg: RunConfig, *, quiet: bool = False, report: bool = True, stages=("probe", "score")) -> dict:
@@ -84,19 +69,18 @@ def run_audit(cfg: RunConfig, *, quiet: bool = False, report: bool = True, stage
     from pipelines._ray import init_ray
     from pipelines.probe import prepare_probe, run_probe
 
-    run_dir, run_id = run_dir_for(cfg)
+    run, run_id = run_dir_for(cfg)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     # Check inputs and model before starting Ray or writing anything, so a typo costs seconds, not a half run.
-    plan = prepare_probe(cfg, run_dir) if "probe" in stages else None
-    say(f"run {run_id} → {run_dir}")
+    plan = prepare_probe(cfg, run.root) if "probe" in stages else None
+    say(f"run {run_id} → {run.root}")
     ray_info = init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory)
     started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-    update_run_json(
-        run_dir,
+    run.update_info(
         {
             "run_id": run_id,
             "name": cfg.run.name,
-            "run_dir": run_dir,
+            "run_dir": run.root,
             "status": "running",
             "started": started,
             "model": {"name": cfg.model.name, "source": cfg.model.source, "weights": cfg.model.weights,
@@ -106,38 +90,24 @@ def run_audit(cfg: RunConfig, *, quiet: bool = False, report: bool = True, stage
             "ray": ray_info,
         },
     )
-    timings: dict[str, float] = {}
-    counts: dict[str, Any] = {}
     if "probe" in stages:
-        ps = run_probe(cfg, run_dir, quiet=quiet, plan=plan)
-        timings["probe_s"] = round(ps.seconds, 3)
-        counts.update({"inputs": ps.n_inputs, "images": ps.n_inputs, "ok": ps.n_ok, "failed": ps.n_failed,
-                       "resumed_images": ps.resumed, "units": ps.layers})
-        update_run_json(run_dir, {"counts": counts, "timings": timings, "failures": ps.failures,
-                                  "data": ps.extra.get("source", {}),
-                                  "probe": {"images_per_second": round(ps.images_per_second, 2),
-                                            "image_size": ps.extra.get("image_size"),
-                                            "actor_peak_rss_mib": ps.extra.get("actor_peak_rss_mib")}})
+        ps = run_probe(cfg, run.root, quiet=quiet, plan=plan)
+        run.update_info({"counts": {"inputs": ps.n_inputs, "images": ps.n_inputs, "ok": ps.n_ok,
+                                    "failed": ps.n_failed, "resumed_images": ps.resumed, "units": ps.layers},
+                         "timings": {"probe_s": round(ps.seconds, 3)}, "failures": ps.failures,
+                         "data": ps.extra.get("source", {}),
+                         "probe": {"images_per_second": round(ps.images_per_second, 2),
+                                   "image_size": ps.extra.get("image_size"),
+                                   "actor_peak_rss_mib": ps.extra.get("actor_peak_rss_mib")}})
     summary = None
     if "score" in stages:
-        summary = score_run(cfg, run_dir, quiet=quiet)
-        timings["score_s"] = round(summary.seconds, 3)
-        counts.update({"concepts": summary.n_concepts, "scored_images": summary.n_images, "tests": summary.n_tests,
-                       "significant_pairs": summary.n_significant})
-        update_run_json(run_dir, {"counts": counts, "timings": timings, "score": summary.counts,
-                                  "alpha": cfg.score.alpha})
-    if report and "score" in stages:
+        summary = score_run(cfg, run, quiet=quiet)
+    if report and "score" in stages and not run.is_remote:
+        from neuronscan.report import write_report
+
         t = time.perf_counter()
-        try:
-            from neuronscan.report import write_report
-        except ImportError:
-            write_report = None
-        if write_report is not None and "://" not in run_dir:
-            path = write_report(run_dir)
-            timings["report_s"] = round(time.perf_counter() - t, 3)
-            update_run_json(run_dir, {"report": str(path), "timings": timings})
-    final = update_run_json(
-        run_dir, {"status": "complete", "finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
-    )
+        path = write_report(run.root)
+        run.update_info({"report": str(path), "timings": {"report_s": round(time.perf_counter() - t, 3)}})
+    final = run.update_info({"status": "complete", "finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")})
     final["_top_units"] = summary.top_units if summary is not None else pd.DataFrame()
     return final

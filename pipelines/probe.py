@@ -31,36 +31,32 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from neuronscan.io import get_fs, join, layer_dirname, read_json, read_parquet, write_json_atomic, write_parquet_atomic
+from neuronscan.io import (
+    COMMIT_SCHEMA,
+    HIERARCHY_SCHEMA,
+    IMAGES_SCHEMA,
+    INPUTS_SCHEMA,
+    LABELS_SCHEMA,
+    TOPK_SCHEMA,
+    RunDir,
+    activation_schema,
+    clip_schema,
+    get_fs,
+    read_json,
+    read_parquet,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 
 __all__ = ["ActivationProbe", "decode_images", "prepare_probe", "run_probe", "ProbePlan", "ProbeSummary",
-           "unit_columns", "probe_layers"]
+           "probe_layers"]
 
 log = logging.getLogger("neuronscan")
-
-IMAGES_SCHEMA = pa.schema(
-    [("image_id", pa.int64()), ("uri", pa.string()), ("status", pa.string()), ("error", pa.string())]
-)
-TOPK_SCHEMA = pa.schema(
-    [
-        ("unit", pa.int32()),
-        ("rank", pa.int32()),
-        ("image_id", pa.int64()),
-        ("value", pa.float32()),
-        ("loc_y", pa.float32()),
-        ("loc_x", pa.float32()),
-    ]
-)
-
-
-def unit_columns(n_units: int) -> list[str]:
-    """Column names of a layer's units: ``u00000, u00001, …``."""
-    return [f"u{k:05d}" for k in range(n_units)]
 
 
 def _activation_table(image_ids: np.ndarray, values: np.ndarray) -> pa.Table:
     arrays = [pa.array(image_ids, pa.int64())] + [pa.array(values[:, k]) for k in range(values.shape[1])]
-    return pa.Table.from_arrays(arrays, names=["image_id", *unit_columns(values.shape[1])])
+    return pa.Table.from_arrays(arrays, schema=activation_schema(values.shape[1]))
 
 
 def decode_images(batch: dict[str, np.ndarray], *, size: int, max_pixels: int, resize: str) -> dict[str, np.ndarray]:
@@ -145,7 +141,7 @@ class ActivationProbe:
         self.std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1) * 255.0
         self.autocast = autocast and self.device.type == "cuda"
         self.recorder = ActivationRecorder(self.module, layers, reduce)
-        self.out = out
+        self.run = RunDir(out)
         self.topk = topk
         # With probe.actor_threads > 1 Ray runs several __call__s at once: the model, its hooks and
         # the running top-M are used by one batch at a time; the Parquet writes run outside the lock.
@@ -248,21 +244,18 @@ class ActivationProbe:
 
                     emb = embed_images(self.clip, pixels)
             for name, (values, *_rest) in outs.items():
-                lname = layer_dirname(name)
-                write_parquet_atomic(
-                    _activation_table(ok_ids, values), join(self.out, "activations", lname, f"part-{part}.parquet"),
-                    encoded_columns=["image_id"],
-                )
+                write_parquet_atomic(_activation_table(ok_ids, values), self.run.activation_part(name, part),
+                                     encoded_columns=["image_id"])
                 if entered[name] is not None:
-                    write_parquet_atomic(entered[name], join(self.out, "topk", "_parts", lname, f"part-{part}.parquet"))
+                    write_parquet_atomic(entered[name], self.run.topk_part(name, part))
             if emb is not None:
                 dim = emb.shape[1]
                 table = pa.Table.from_arrays(
                     [pa.array(ok_ids, pa.int64()),
                      pa.FixedSizeListArray.from_arrays(pa.array(emb.astype(np.float32).ravel()), dim)],
-                    names=["image_id", "embedding"],
+                    schema=clip_schema(dim),
                 )
-                write_parquet_atomic(table, join(self.out, "clip", f"part-{part}.parquet"))
+                write_parquet_atomic(table, self.run.clip_part(part))
         commit = pa.Table.from_arrays(
             [
                 pa.array(ids, pa.int64()),
@@ -270,9 +263,9 @@ class ActivationProbe:
                 pa.array(np.where(ok, "ok", "failed").tolist(), pa.string()),
                 pa.array(errors, pa.string()),
             ],
-            schema=IMAGES_SCHEMA,
+            schema=COMMIT_SCHEMA,
         )
-        write_parquet_atomic(commit, join(self.out, "probe", "commits", f"{part}.parquet"))
+        write_parquet_atomic(commit, self.run.commit(part))
         if ok.any():
             with self._lock:
                 for name, (_values, top_vals, top_idx, top_loc) in outs.items():
@@ -315,43 +308,6 @@ class ProbeSummary:
     extra: dict = field(default_factory=dict)
 
 
-def _list_parts(uri: str, suffix: str = ".parquet") -> list[str]:
-    fs, path = get_fs(uri)
-    if not fs.exists(path):
-        return []
-    names = [p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
-    return sorted(n for n in names if n.endswith(suffix) and not n.startswith("."))
-
-
-def _read_commits(run_dir: str) -> pd.DataFrame:
-    names = _list_parts(join(run_dir, "probe", "commits"))
-    if not names:
-        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in
-                             [("image_id", "int64"), ("uri", "str"), ("status", "str"), ("error", "str"), ("part", "str")]})
-    frames = []
-    for name in names:
-        df = read_parquet(join(run_dir, "probe", "commits", name)).to_pandas()
-        df["part"] = name[: -len(".parquet")]
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True)
-
-
-def _remove_uncommitted(run_dir: str, committed: set[str]) -> int:
-    """Delete parts whose batch never committed (a crash between writing parts and the commit)."""
-    removed = 0
-    for sub in ("activations", "topk/_parts", "clip"):
-        base = join(run_dir, sub)
-        fs, path = get_fs(base)
-        if not fs.exists(path):
-            continue
-        for f in fs.find(path):
-            name = f.rsplit("/", 1)[-1]
-            if name.startswith(".tmp-") or (name.startswith("part-") and name[5:-8] not in committed):
-                fs.rm(f)
-                removed += 1
-    return removed
-
-
 def probe_layers(spec, layers: list[str], reduce: list[str]) -> dict[str, int]:
     """Output name → unit count for the chosen layers and statistics (one blank forward pass)."""
     import torch
@@ -368,21 +324,20 @@ def probe_layers(spec, layers: list[str], reduce: list[str]) -> dict[str, int]:
 
 
 def _merge_topk(run_dir: str, layer: str, topk: int) -> int:
-    lname = layer_dirname(layer)
-    names = _list_parts(join(run_dir, "topk", "_parts", lname))
+    run = RunDir(run_dir)
+    folder = run.topk_parts(layer)
+    names = run.part_files(folder)
     if not names:
         table = TOPK_SCHEMA.empty_table()
     else:
-        df = pd.concat(
-            [read_parquet(join(run_dir, "topk", "_parts", lname, n)).to_pandas() for n in names], ignore_index=True
-        )
+        df = pd.concat([read_parquet(f"{folder}/{n}").to_pandas() for n in names], ignore_index=True)
         # A retried batch can write an image twice; keep one entry per (unit, image).
         df = df.sort_values(["unit", "value", "image_id"], ascending=[True, False, True], kind="stable")
         df = df.drop_duplicates(["unit", "image_id"])
         df = df.groupby("unit", sort=True).head(topk).copy()
         df["rank"] = df.groupby("unit").cumcount().astype(np.int32)
         table = pa.Table.from_pandas(df[TOPK_SCHEMA.names], schema=TOPK_SCHEMA, preserve_index=False)
-    write_parquet_atomic(table, join(run_dir, "topk", f"{lname}.parquet"))
+    write_parquet_atomic(table, run.topk(layer))
     return table.num_rows
 
 
@@ -429,12 +384,11 @@ def prepare_probe(cfg, run_dir: str) -> ProbePlan:
     from neuronscan.models import build_model, list_layers, resolve_layers
     from pipelines._inputs import plan_inputs
 
-    inputs_uri = join(run_dir, "inputs.parquet")
-    fs, _ = get_fs(run_dir)
-    if fs.exists(get_fs(inputs_uri)[1]):
-        listing = read_parquet(inputs_uri).to_pandas(ignore_metadata=True)
-        labels = read_parquet(join(run_dir, "labels.parquet")).to_pandas(ignore_metadata=True)
-        source = read_json(join(run_dir, "probe", "source.json"))
+    run = RunDir(run_dir)
+    if run.exists(run.inputs):
+        listing = read_parquet(run.inputs).to_pandas(ignore_metadata=True)
+        labels = read_parquet(run.labels).to_pandas(ignore_metadata=True)
+        source = read_json(run.source)
         hierarchy, resumed_plan = [], True
     else:
         planned = plan_inputs(cfg)
@@ -467,31 +421,30 @@ def run_probe(cfg, run_dir: str, *, quiet: bool = False, plan: ProbePlan | None 
     """
     import ray
 
-    from neuronscan.data import LABELS_SCHEMA, LISTING_SCHEMA
-
     t0 = time.perf_counter()
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     plan = plan or prepare_probe(cfg, run_dir)
+    run = RunDir(run_dir)
     t_planned = time.perf_counter()
     listing, source = plan.listing, plan.source
     if plan.resumed_plan:
         say(f"resuming probe in {run_dir}")
     else:
         write_parquet_atomic(pa.Table.from_pandas(plan.labels, schema=LABELS_SCHEMA, preserve_index=False),
-                             join(run_dir, "labels.parquet"))
+                             run.labels)
         if plan.hierarchy:
             hier = pd.DataFrame(plan.hierarchy, columns=["concept", "parent"])
-            write_parquet_atomic(pa.Table.from_pandas(hier, preserve_index=False), join(run_dir, "hierarchy.parquet"))
-        write_json_atomic(source, join(run_dir, "probe", "source.json"))
+            write_parquet_atomic(pa.Table.from_pandas(hier, schema=HIERARCHY_SCHEMA, preserve_index=False),
+                                 run.hierarchy)
+        write_json_atomic(source, run.source)
         # The listing is written last: its presence marks a planned run that a resume can trust.
-        write_parquet_atomic(pa.Table.from_pandas(listing, schema=LISTING_SCHEMA, preserve_index=False),
-                             join(run_dir, "inputs.parquet"))
+        write_parquet_atomic(pa.Table.from_pandas(listing, schema=INPUTS_SCHEMA, preserve_index=False), run.inputs)
     mcfg = cfg.model
     model_kwargs, layers, outputs, size = plan.model_kwargs, plan.layers, plan.outputs, plan.image_size
 
-    commits = _read_commits(run_dir)
+    commits = run.read_commits()
     committed_parts = set(commits["part"])
-    removed = _remove_uncommitted(run_dir, committed_parts)
+    removed = run.remove_uncommitted(committed_parts)
     if removed:
         say(f"removed {removed} part file(s) of batches that never committed")
     done_ids = set(commits["image_id"].tolist())
@@ -551,8 +504,8 @@ def run_probe(cfg, run_dir: str, *, quiet: bool = False, plan: ProbePlan | None 
                 actor_rss = max(actor_rss, float(out["peak_rss_mib"].max()))
 
     t_stream_end = time.perf_counter()
-    commits = _read_commits(run_dir)
-    _remove_uncommitted(run_dir, set(commits["part"]))
+    commits = run.read_commits()
+    run.remove_uncommitted(set(commits["part"]))
     images = commits.drop_duplicates("image_id", keep="first").drop(columns=["part"])
     images = images.set_index("image_id").reindex(listing["image_id"])
     lost = images["status"].isna()
@@ -564,7 +517,7 @@ def run_probe(cfg, run_dir: str, *, quiet: bool = False, plan: ProbePlan | None 
     images = images.reset_index()
     images["uri"] = listing["uri"].astype(object).where(listing["uri"].notna(), "").astype(str).to_numpy()
     write_parquet_atomic(pa.Table.from_pandas(images[IMAGES_SCHEMA.names], schema=IMAGES_SCHEMA, preserve_index=False),
-                         join(run_dir, "images.parquet"))
+                         run.images)
     n_ok = int((images["status"] == "ok").sum())
     n_failed = int((images["status"] == "failed").sum())
     if n_ok + n_failed != len(listing):
@@ -575,7 +528,7 @@ def run_probe(cfg, run_dir: str, *, quiet: bool = False, plan: ProbePlan | None 
     failures = {str(k): int(v) for k, v in reasons.value_counts().sort_index().items()}
     layers_meta = {"layers": outputs, "model": model_kwargs, "image_size": size, "reduce": list(mcfg.reduce),
                    "topk": pcfg.topk, "clip": bool(pcfg.clip)}
-    write_json_atomic(layers_meta, join(run_dir, "probe", "layers.json"))
+    write_json_atomic(layers_meta, run.layers_json)
     seconds = time.perf_counter() - t0
     steady = None
     if first_batch is not None and t_stream_end > first_batch[0] and len(todo) > first_batch[1]:

@@ -1,8 +1,13 @@
 """Compare two scored runs: what changed per unit, per concept, and whether it should raise an alert.
 
 A diff reads only the score outputs of each run (``neurons.parquet``, ``neuron_concepts.parquet``,
-``run.json``; see DESIGN.md, "Data contracts"), one layer at a time and only the significant rows in
-full, so it runs on a laptop against runs of any size, local or on S3.
+``run.json``; see docs/data-contracts.md), one layer at a time and only the aligned rows in full, so it
+runs on a laptop against runs of any size, local or on S3.
+
+Significance is `neuronscan.stats.significant_mask` (``n_significant_*`` counts the same pairs as
+``neurons.parquet``); the concepts gained, lost and flagged spurious are the *aligned* ones
+(`neuronscan.stats.aligned_mask`: significant and ``auc >= min_auc``), the bar of the score stage's
+multimodal and spurious flags.
 
 Per unit (same architecture: the same layers with the same unit counts) a unit ``layer:k`` of run A
 is the unit ``layer:k`` of run B. Per concept the comparison needs no unit correspondence, so it works
@@ -26,7 +31,8 @@ import pyarrow.dataset as ds
 from neuronscan.config._schema import DiffSection, ScoreSection
 from neuronscan.diff._match import match_units
 from neuronscan.errors import InputError
-from neuronscan.io import get_fs, join, read_json, write_json_atomic, write_parquet_atomic
+from neuronscan.io import RunDir, get_fs, join, run_alpha, write_json_atomic, write_parquet_atomic
+from neuronscan.stats import aligned_mask, best_concepts, significant_mask
 
 __all__ = ["DiffResult", "diff_runs", "write_diff", "format_summary", "thresholds_exceeded", "diff_config_of"]
 
@@ -45,6 +51,8 @@ UNITS_SCHEMA = pa.schema(
         ("label_changed", pa.bool_()),
         ("n_significant_a", pa.int64()),
         ("n_significant_b", pa.int64()),
+        ("n_aligned_a", pa.int64()),
+        ("n_aligned_b", pa.int64()),
         ("gained", pa.list_(pa.string())),
         ("lost", pa.list_(pa.string())),
         ("spurious_gained", pa.list_(pa.string())),
@@ -119,19 +127,13 @@ class _Run:
     info: dict
     layers: dict[str, int]
     neurons: pd.DataFrame  # layer, unit, best_concept, best_auc
-    significant: pd.DataFrame  # layer, unit, concept, auc, q_value — the significant pairs only
+    aligned: pd.DataFrame  # layer, unit, concept, auc, q_value — the aligned pairs only
+    n_significant: dict[tuple[str, int], int]  # (layer, unit) -> significant concepts, as in neurons.parquet
     concept_best: pd.Series  # concept -> max AUC over every unit of the run
 
 
 def _read_info(root: str) -> dict:
-    fs, path = get_fs(join(root, "run.json"))
-    if not fs.exists(path):
-        return {}
-    try:
-        info = read_json(join(root, "run.json"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{join(root, 'run.json')} cannot be read: {exc}") from exc
-    return info if isinstance(info, dict) else {}
+    return RunDir(root).read_info() or {}
 
 
 def _config_section(info: dict, section: str) -> dict:
@@ -145,16 +147,6 @@ def _number(*candidates: Any) -> float | None:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
     return None
-
-
-def _run_alpha(info: dict) -> float | None:
-    score = info.get("score")
-    fdr = score.get("fdr") if isinstance(score, dict) else None
-    return _number(
-        info.get("alpha"),
-        _config_section(info, "score").get("alpha"),
-        fdr.get("alpha") if isinstance(fdr, dict) else None,
-    )
 
 
 def _model_name(info: dict) -> str | None:
@@ -177,14 +169,15 @@ def diff_config_of(run_dir: str) -> tuple[DiffSection, list[str]]:
     try:
         section = DiffSection.model_validate(raw)
     except ValueError as exc:
-        raise InputError(f"{join(run_dir, 'run.json')}: config.diff is not valid: {exc}") from exc
+        raise InputError(f"{RunDir(run_dir).info_uri}: config.diff is not valid: {exc}") from exc
     spurious = _config_section(info, "score").get("spurious_concepts") or []
     return section, [str(c) for c in spurious]
 
 
 def _open_run(root: str, alpha: float, min_auc: float, info: dict) -> _Run:
     """Read a run's unit summaries, significant pairs and per-concept best AUC, one layer at a time."""
-    fs, path = get_fs(join(root, "neuron_concepts.parquet"))
+    run = RunDir(root)
+    fs, path = get_fs(run.neuron_concepts)
     if not fs.exists(path):
         where, base = get_fs(root)
         what = "does not exist" if not where.exists(base) else "has no neuron_concepts.parquet (was it scored?)"
@@ -192,9 +185,9 @@ def _open_run(root: str, alpha: float, min_auc: float, info: dict) -> _Run:
     dataset = ds.dataset(path, filesystem=fs, format="parquet")
     missing = {"layer", "unit", "concept", "auc", "q_value"} - set(dataset.schema.names)
     if missing:
-        raise InputError(f"{join(root, 'neuron_concepts.parquet')} lacks column(s) {sorted(missing)}")
+        raise InputError(f"{run.neuron_concepts} lacks column(s) {sorted(missing)}")
 
-    nfs, npath = get_fs(join(root, "neurons.parquet"))
+    nfs, npath = get_fs(run.neurons)
     neurons = None
     if nfs.exists(npath):
         nset = ds.dataset(npath, filesystem=nfs, format="parquet")
@@ -205,14 +198,16 @@ def _open_run(root: str, alpha: float, min_auc: float, info: dict) -> _Run:
     if neurons is not None:
         order = [str(x) for x in pd.unique(neurons["layer"])]
         layer_names = order + [x for x in layer_names if x not in order]
-    sig_filter = (pc.field("q_value") <= alpha) & (pc.field("auc") >= min_auc)
-    significant, best_frames, concept_best = [], [], []
+    aligned, best_frames, concept_best = [], [], []
+    n_significant: dict[tuple[str, int], int] = {}
     layers: dict[str, int] = {}
     for layer in layer_names:
-        in_layer = pc.field("layer") == layer
-        table = dataset.to_table(columns=["unit", "concept", "auc"], filter=in_layer)
+        table = dataset.to_table(columns=["unit", "concept", "auc", "q_value"], filter=pc.field("layer") == layer)
         frame = table.to_pandas()
         frame["unit"] = frame["unit"].astype(np.int64)
+        auc, q = frame["auc"].to_numpy(float), frame["q_value"].to_numpy(float)
+        sig = significant_mask(q, auc, alpha)
+        n_significant.update({(layer, int(u)): int(n) for u, n in frame["unit"][sig].value_counts().items()})
         n_units = int(frame["unit"].max()) + 1 if len(frame) else 0
         if neurons is not None:
             n_units = max(n_units, int((neurons["layer"] == layer).sum()))
@@ -222,16 +217,10 @@ def _open_run(root: str, alpha: float, min_auc: float, info: dict) -> _Run:
         # Concepts that exist but were never finite (no positives) still count as scored.
         concept_best.append(pd.Series(np.nan, index=pd.Index(frame["concept"].unique(), name="concept")))
         if neurons is None:
-            ranked = finite.sort_values(["unit", "auc"], ascending=[True, False], kind="stable")
-            best = ranked.drop_duplicates("unit", keep="first")
-            units = pd.DataFrame({"unit": np.arange(n_units, dtype=np.int64)})
-            best = units.merge(best.rename(columns={"concept": "best_concept", "auc": "best_auc"}), on="unit",
-                               how="left")
-            best.insert(0, "layer", layer)
-            best_frames.append(best)
-        sig = dataset.to_table(columns=["unit", "concept", "auc", "q_value"], filter=in_layer & sig_filter).to_pandas()
-        sig.insert(0, "layer", layer)
-        significant.append(sig)
+            best_frames.append(_derived_best(layer, frame, n_units))
+        hits = frame[aligned_mask(q, auc, alpha, min_auc)].reset_index(drop=True)
+        hits.insert(0, "layer", layer)
+        aligned.append(hits)
     if neurons is None:
         neurons = pd.concat(best_frames, ignore_index=True) if best_frames else pd.DataFrame(
             columns=["layer", "unit", "best_concept", "best_auc"])
@@ -239,10 +228,25 @@ def _open_run(root: str, alpha: float, min_auc: float, info: dict) -> _Run:
     neurons["best_auc"] = pd.to_numeric(neurons["best_auc"], errors="coerce").astype(float)
     best_series = pd.concat(concept_best) if concept_best else pd.Series(dtype=float)
     best_series = best_series.groupby(level=0, sort=True).max()
-    sig_frame = pd.concat(significant, ignore_index=True) if significant else pd.DataFrame(
+    aligned_frame = pd.concat(aligned, ignore_index=True) if aligned else pd.DataFrame(
         columns=["layer", "unit", "concept", "auc", "q_value"])
-    sig_frame["unit"] = sig_frame["unit"].astype(np.int64)
-    return _Run(root, info, layers, neurons, sig_frame, best_series)
+    aligned_frame["unit"] = aligned_frame["unit"].astype(np.int64)
+    return _Run(root, info, layers, neurons, aligned_frame, n_significant, best_series)
+
+
+def _derived_best(layer: str, frame: pd.DataFrame, n_units: int) -> pd.DataFrame:
+    """Best concept per unit from the pairs of one layer (a run without ``neurons.parquet``)."""
+    concepts = pd.unique(frame["concept"])
+    grid = frame.drop_duplicates(["unit", "concept"]).pivot(index="unit", columns="concept", values="auc")
+    grid = grid.reindex(index=np.arange(n_units), columns=concepts)
+    best, has_best = best_concepts(grid.to_numpy(float))
+    values = grid.to_numpy(float)
+    return pd.DataFrame({
+        "layer": layer,
+        "unit": np.arange(n_units, dtype=np.int64),
+        "best_concept": [str(concepts[b]) if h else None for b, h in zip(best, has_best)],
+        "best_auc": np.where(has_best, values[np.arange(n_units), best] if len(concepts) else np.nan, np.nan),
+    })
 
 
 def _sets_by_unit(sig: pd.DataFrame) -> dict[tuple[str, int], frozenset[str]]:
@@ -262,7 +266,7 @@ def _unit_diff(
     run_a: _Run, run_b: _Run, layers: list[str], spurious: frozenset[str], min_abs_delta_auc: float
 ) -> pd.DataFrame:
     """Per-unit comparison over ``layers`` (present in both runs with the same unit counts)."""
-    sets_a, sets_b = _sets_by_unit(run_a.significant), _sets_by_unit(run_b.significant)
+    sets_a, sets_b = _sets_by_unit(run_a.aligned), _sets_by_unit(run_b.aligned)
     frames = []
     for layer in layers:
         n_units = run_a.layers[layer]
@@ -308,8 +312,11 @@ def _unit_diff(
         n_b.append(len(sb))
         changed.append(bool(why))
         reasons.append(",".join(why))
-    units["n_significant_a"] = np.asarray(n_a, dtype=np.int64)
-    units["n_significant_b"] = np.asarray(n_b, dtype=np.int64)
+    keys = list(zip(units["layer"], units["unit"].astype(int)))
+    units["n_significant_a"] = np.asarray([run_a.n_significant.get(k, 0) for k in keys], dtype=np.int64)
+    units["n_significant_b"] = np.asarray([run_b.n_significant.get(k, 0) for k in keys], dtype=np.int64)
+    units["n_aligned_a"] = np.asarray(n_a, dtype=np.int64)
+    units["n_aligned_b"] = np.asarray(n_b, dtype=np.int64)
     units["gained"] = gained
     units["lost"] = lost
     units["spurious_gained"] = spur
@@ -323,12 +330,12 @@ def _unit_diff(
 
 
 def _concept_diff(run_a: _Run, run_b: _Run, units: pd.DataFrame | None, spurious: frozenset[str]) -> pd.DataFrame:
-    """Per-concept coverage in each run: significant units, their layers, best AUC over all units."""
+    """Per-concept coverage in each run: aligned units, their layers, best AUC over all units."""
     concepts = sorted(set(run_a.concept_best.index) | set(run_b.concept_best.index))
     out = pd.DataFrame({"concept": pd.Series(concepts, dtype=object)})
     for tag, run in (("a", run_a), ("b", run_b)):
         out[f"in_{tag}"] = out["concept"].isin(run.concept_best.index).to_numpy(bool)
-        sig = run.significant
+        sig = run.aligned
         counts = sig.groupby("concept").size() if not sig.empty else pd.Series(dtype=np.int64)
         layers = sig.groupby("concept")["layer"].agg(lambda s: sorted(set(s))) if not sig.empty else pd.Series(
             dtype=object)
@@ -367,10 +374,12 @@ def diff_runs(
 ) -> DiffResult:
     """Compare a new run (B) with a baseline (A).
 
-    A concept is *significant* for a unit when ``q_value <= alpha`` and ``auc >= min_auc`` — the same
-    bar the score stage uses for its ``spurious`` and ``multimodal`` flags. A unit is *changed* when its
-    best concept differs (``label_changed``), its best AUC moved by at least ``min_abs_delta_auc``, it
-    gained or lost a significant concept, or it newly aligns with a spurious concept.
+    A concept is *significant* for a unit by `neuronscan.stats.significant_mask` (``q_value <= alpha``,
+    ``auc > 0.5``; ``n_significant_*`` counts them as ``neurons.parquet`` does) and *aligned* when also
+    ``auc >= min_auc`` (`neuronscan.stats.aligned_mask`) — the bar the score stage uses for its
+    ``spurious`` and ``multimodal`` flags. A unit is *changed* when its best concept differs
+    (``label_changed``), its best AUC moved by at least ``min_abs_delta_auc``, it gained or lost an
+    aligned concept, or it newly aligns with a spurious concept.
 
     Args:
         run_a: the baseline run directory (local path or ``s3://`` URI) ``OUT/<model>/<run_id>``.
@@ -379,7 +388,7 @@ def diff_runs(
             ``score.spurious_concepts`` from its ``run.json``.
         min_abs_delta_auc: |Δ best AUC| that counts as a change.
         alpha: FDR level; None takes run B's (then A's) ``alpha`` from ``run.json``, else 0.05.
-        min_auc: AUC a significant concept needs; None takes run B's ``score.min_auc``, else 0.75.
+        min_auc: AUC an aligned concept needs; None takes run B's ``score.min_auc``, else 0.75.
         match_layers: ``(layer_a, layer_b)``: also pair the units of these layers by activation
             correlation on the probe images both runs share (`match_units`); works across architectures.
 
@@ -404,7 +413,7 @@ def diff_runs(
     info_a, info_b = _read_info(run_a), _read_info(run_b)
     notes: list[str] = []
     if alpha is None:
-        alpha_b, alpha_a = _run_alpha(info_b), _run_alpha(info_a)
+        alpha_b, alpha_a = run_alpha(info_b), run_alpha(info_a)
         alpha = alpha_b if alpha_b is not None else alpha_a if alpha_a is not None else DEFAULT_ALPHA
         if alpha_a is not None and alpha_b is not None and alpha_a != alpha_b:
             notes.append(f"the runs used different alpha ({alpha_a} vs {alpha_b}); both are compared at {alpha}")
@@ -484,8 +493,10 @@ def diff_runs(
         "n_concepts_b": int(concepts["in_b"].sum()),
         "concepts_only_a": concepts.loc[concepts["in_a"] & ~concepts["in_b"], "concept"].tolist(),
         "concepts_only_b": concepts.loc[concepts["in_b"] & ~concepts["in_a"], "concept"].tolist(),
-        "n_significant_pairs_a": int(len(a.significant)),
-        "n_significant_pairs_b": int(len(b.significant)),
+        "n_significant_pairs_a": int(sum(a.n_significant.values())),
+        "n_significant_pairs_b": int(sum(b.n_significant.values())),
+        "n_aligned_pairs_a": int(len(a.aligned)),
+        "n_aligned_pairs_b": int(len(b.aligned)),
         "spurious_concepts_b": {
             c: int(n) for c, n in zip(concepts["concept"], concepts["n_units_b"]) if c in spurious and n > 0
         },
@@ -595,8 +606,8 @@ def format_summary(result: DiffResult, max_rows: int = 20) -> str:
         f"diff {s['run_id_a']} (A) → {s['run_id_b']} (B)",
         f"  models: {s['model_a'] or '?'} → {s['model_b'] or '?'}; same architecture: "
         f"{'yes' if result.same_architecture else 'no'}",
-        f"  significant: q ≤ {cfg['alpha']:g} and AUC ≥ {cfg['min_auc']:g}; changed: |Δ AUC| ≥ "
-        f"{cfg['min_abs_delta_auc']:g}, new best concept, or gained/lost significant concepts",
+        f"  aligned: q ≤ {cfg['alpha']:g} and AUC ≥ {cfg['min_auc']:g}; changed: |Δ AUC| ≥ "
+        f"{cfg['min_abs_delta_auc']:g}, new best concept, or gained/lost aligned concepts",
     ]
     if s["n_units_compared"]:
         lines.append(
@@ -608,7 +619,8 @@ def format_summary(result: DiffResult, max_rows: int = 20) -> str:
         if s["mean_delta_auc"] is not None:
             lines.append(f"  Δ best AUC: mean {s['mean_delta_auc']:+.4f}, largest |Δ| {s['max_abs_delta_auc']:.4f}")
     lines.append(f"  concepts: {s['n_concepts_a']:,} in A, {s['n_concepts_b']:,} in B; significant pairs "
-                 f"{s['n_significant_pairs_a']:,} → {s['n_significant_pairs_b']:,}")
+                 f"{s['n_significant_pairs_a']:,} → {s['n_significant_pairs_b']:,}, aligned "
+                 f"{s['n_aligned_pairs_a']:,} → {s['n_aligned_pairs_b']:,}")
     if cfg["spurious_concepts"]:
         lines.append(f"  spurious concepts watched: {', '.join(cfg['spurious_concepts'])}; newly aligned units: "
                      f"{s['n_spurious_units']:,}")

@@ -16,45 +16,11 @@ import pyarrow.parquet as pq
 from scipy.optimize import linear_sum_assignment
 
 from neuronscan.errors import InputError
-from neuronscan.io import get_fs, join, layer_dirname
+from neuronscan.io import RunDir, get_fs, is_unit_column
 
 __all__ = ["match_units", "read_layer_activations", "correlation_matrix"]
 
 MATCH_COLUMNS = ["unit_a", "unit_b", "correlation", "best_concept_a", "best_concept_b"]
-
-
-def _committed_parts(run_dir: str) -> set[str] | None:
-    """Ids of committed probe batches, or None when the run has no commit records (all parts count)."""
-    fs, path = get_fs(join(run_dir, "probe", "commits"))
-    if not fs.exists(path):
-        return None
-    names = (p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
-    return {n[: -len(".parquet")] for n in names if n.endswith(".parquet")}
-
-
-def _layer_files(run_dir: str, layer: str) -> list[str]:
-    """Committed ``part-*.parquet`` paths (filesystem paths, not URIs) of ``layer`` in ``run_dir``."""
-    uri = join(run_dir, "activations", layer_dirname(layer))
-    fs, path = get_fs(uri)
-    if not fs.isdir(path):
-        base_fs, base = get_fs(join(run_dir, "activations"))
-        have = []
-        if base_fs.isdir(base):
-            have = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in base_fs.ls(base, detail=False))
-        hint = f"; layers there: {', '.join(n.replace('__', ':') for n in have)}" if have else ""
-        raise InputError(f"run {run_dir!r} has no activations for layer {layer!r} (looked in {uri}){hint}")
-    committed = _committed_parts(run_dir)
-    files = []
-    for p in sorted(fs.ls(path, detail=False)):
-        name = p.rsplit("/", 1)[-1]
-        if not (name.startswith("part-") and name.endswith(".parquet")):
-            continue
-        if committed is not None and name[len("part-") : -len(".parquet")] not in committed:
-            continue
-        files.append(p)
-    if not files:
-        raise InputError(f"layer {layer!r} of run {run_dir!r} has no committed part-*.parquet files")
-    return files
 
 
 def read_layer_activations(run_dir: str, layer: str) -> tuple[np.ndarray, np.ndarray]:
@@ -66,15 +32,15 @@ def read_layer_activations(run_dir: str, layer: str) -> tuple[np.ndarray, np.nda
     Raises:
         InputError: the layer has no part files, or they lack ``image_id`` or unit columns.
     """
-    fs, _ = get_fs(join(run_dir, "activations"))
     tables = []
-    for path in _layer_files(run_dir, layer):
+    for uri in RunDir(run_dir).committed_layer_files(layer):
+        fs, path = get_fs(uri)
         with fs.open(path, "rb") as fh:
             tables.append(pq.read_table(fh))
     table = pa.concat_tables(tables, promote_options="default")
     if "image_id" not in table.column_names:
         raise InputError(f"activations of layer {layer!r} in {run_dir!r} have no image_id column")
-    units = sorted(n for n in table.column_names if n.startswith("u") and n[1:].isdigit())
+    units = sorted(n for n in table.column_names if is_unit_column(n))
     if not units:
         raise InputError(f"activations of layer {layer!r} in {run_dir!r} have no unit columns (u00000, …)")
     ids = table.column("image_id").to_numpy()
@@ -111,7 +77,7 @@ def correlation_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _best_concepts(run_dir: str, layer: str) -> dict[int, str | None]:
     """Best concept per unit of ``layer`` from the run's ``neurons.parquet`` (empty when absent)."""
-    fs, path = get_fs(join(run_dir, "neurons.parquet"))
+    fs, path = get_fs(RunDir(run_dir).neurons)
     if not fs.exists(path):
         return {}
     with fs.open(path, "rb") as fh:

@@ -1,4 +1,8 @@
-"""Run-root I/O: local or s3:// paths, atomic writes, Parquet and JSON."""
+"""Run-root I/O: the run directory and its file schemas, local or s3:// paths, atomic writes.
+
+`RunDir` owns every path of a run, the committed-part listing and ``run.json``; the ``*_SCHEMA``
+constants are the Arrow schemas of each file it holds.
+"""
 
 from neuronscan.io._fs import (
     exists,
@@ -13,8 +17,56 @@ from neuronscan.io._fs import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from neuronscan.io._rundir import (
+    RUN_ID_TIME,
+    LayerParts,
+    RunDir,
+    RunInfoError,
+    list_layer_parts,
+    model_folder,
+    new_run_id,
+    run_alpha,
+    run_id_time,
+)
+from neuronscan.io._schemas import (
+    CLIP_LABELS_SCHEMA,
+    COMMIT_SCHEMA,
+    HIERARCHY_SCHEMA,
+    IMAGES_SCHEMA,
+    INPUTS_SCHEMA,
+    LABELS_SCHEMA,
+    NEURON_CONCEPTS_SCHEMA,
+    NEURONS_SCHEMA,
+    TOPK_SCHEMA,
+    activation_schema,
+    clip_schema,
+    is_unit_column,
+    unit_columns,
+)
 
 __all__ = [
+    "RunDir",
+    "RunInfoError",
+    "LayerParts",
+    "list_layer_parts",
+    "new_run_id",
+    "run_id_time",
+    "model_folder",
+    "run_alpha",
+    "RUN_ID_TIME",
+    "CLIP_LABELS_SCHEMA",
+    "COMMIT_SCHEMA",
+    "HIERARCHY_SCHEMA",
+    "IMAGES_SCHEMA",
+    "INPUTS_SCHEMA",
+    "LABELS_SCHEMA",
+    "NEURON_CONCEPTS_SCHEMA",
+    "NEURONS_SCHEMA",
+    "TOPK_SCHEMA",
+    "activation_schema",
+    "clip_schema",
+    "is_unit_column",
+    "unit_columns",
     "exists",
     "get_fs",
     "is_remote",

@@ -1,13 +1,14 @@
 """The driver side of a submitted audit: ``python -m neuronscan.jobs run NAME [neuronscan run options]``.
 
 `submit_audit` puts the config's YAML text in ``NEURONSCAN_JOB_CONFIG``; this writes it to a private
-temporary file named ``NAME`` and runs ``neuronscan run`` on it, so the job behaves exactly like the
-command line (same messages, same exit codes).
+temporary file named ``NAME`` and runs ``neuronscan run`` on it in a child process, so the job behaves
+exactly like the command line (same messages, same exit codes) and this package never imports the CLI.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -15,6 +16,11 @@ from pathlib import Path
 from neuronscan.jobs._submit import CONFIG_ENV
 
 USAGE = f"usage: python -m neuronscan.jobs run CONFIG_NAME [neuronscan run options]  (config text in ${CONFIG_ENV})"
+
+
+def _run_cli(argv: list[str]) -> int:
+    """``neuronscan ARGV`` in a child process of this interpreter; its exit status."""
+    return subprocess.call([sys.executable, "-m", "neuronscan", *argv])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,9 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: ${CONFIG_ENV} is empty; submit jobs with neuronscan submit (neuronscan.jobs.submit_audit)",
               file=sys.stderr)
         return 2
-    from neuronscan.cli import main as cli_main
-
     with tempfile.TemporaryDirectory(prefix="neuronscan-job-") as tmp:
         path = Path(tmp) / (Path(argv[1]).name or "config.yaml")
         path.write_text(text)
-        return cli_main(["run", str(path), *argv[2:]])
+        return _run_cli(["run", str(path), *argv[2:]])

@@ -154,14 +154,15 @@ def build_job_spec(
         InputError: the config is too large for the job environment, or ``working_dir`` is unusable.
     """
     from neuronscan.config import load_config, parse_overrides
-    from pipelines.audit import run_dir_for
+    from neuronscan.io import RunDir, new_run_id
 
     path = Path(config_path)
     ov = parse_overrides(list(overrides))
     if run_id is not None:
         ov["run.run_id"] = run_id
     cfg = load_config(path, ov)
-    run_dir, run_id = run_dir_for(cfg)
+    run_id = cfg.run.run_id or new_run_id()
+    run_dir = RunDir.for_run(cfg.run.out, cfg.model.name, run_id).root
     text = path.read_text()
     if len(text.encode()) > MAX_CONFIG_BYTES:
         raise InputError(

@@ -7,7 +7,6 @@ directory listing per model and one small read per run — never a scan of the r
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,15 +14,12 @@ from typing import Any
 import pandas as pd
 
 from neuronscan.errors import InputError
-from neuronscan.io import get_fs, is_remote, join
+from neuronscan.io import RunDir, RunInfoError, get_fs, is_remote, join, run_id_time
 
 __all__ = ["list_runs", "latest_run", "RUN_COLUMNS"]
 
 RUN_COLUMNS = ["model", "run_id", "status", "started", "finished", "n_images", "n_units", "n_concepts", "run_dir"]
 """Columns of `list_runs`."""
-
-_RUN_ID_TIME = "%Y%m%dT%H%M%SZ"
-
 
 def _subdirs(uri: str) -> list[str]:
     """Names of the folders directly under ``uri`` (empty when it does not exist)."""
@@ -44,16 +40,10 @@ def _subdirs(uri: str) -> list[str]:
 
 def _read_run_json(run_dir: str) -> dict | None:
     """``run_dir/run.json`` as a dict; None when there is none; ``{"status": "unreadable"}`` when broken."""
-    fs, path = get_fs(join(run_dir, "run.json"))
     try:
-        raw = fs.cat_file(path)
-    except (FileNotFoundError, IsADirectoryError):
-        return None
-    try:
-        info = json.loads(raw)
-    except ValueError:
+        return RunDir(run_dir).read_info()
+    except RunInfoError:
         return {"status": "unreadable"}
-    return info if isinstance(info, dict) else {"status": "unreadable"}
 
 
 def _int(value: Any) -> int | None:
@@ -86,10 +76,7 @@ def _when(run_id: str, started: Any) -> _dt.datetime | None:
             return when if when.tzinfo else when.replace(tzinfo=_dt.UTC)
         except ValueError:
             pass
-    try:
-        return _dt.datetime.strptime(run_id.split("-", 1)[0], _RUN_ID_TIME).replace(tzinfo=_dt.UTC)
-    except ValueError:
-        return None
+    return run_id_time(run_id)
 
 
 def _order_key(row: pd.Series) -> tuple:

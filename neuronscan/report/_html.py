@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 
-from neuronscan.io import is_remote, layer_dirname
+from neuronscan.io import RunDir, is_remote, layer_dirname
 from neuronscan.report._assets import CSS, JS
 from neuronscan.report._load import RunData, layer_concepts, layer_neurons, layer_topk, open_run
 from neuronscan.report._svg import bar_svg, histogram_svg, layer_bars_svg
@@ -100,7 +100,7 @@ def write_report(
     if out_dir is None:
         if is_remote(run_dir):
             raise ValueError(f"run {run_dir!r} is remote; pass out_dir, a local folder for the report")
-        out = Path(run_dir) / "report"
+        out = Path(RunDir(run_dir).report)
     else:
         out = Path(out_dir)
     _check_replaceable(out)

@@ -1,12 +1,11 @@
 """Read a run directory for the report, leniently: missing files and optional columns become defaults.
 
-Everything here reads the documented Parquet contracts (see DESIGN.md, "Data contracts") and returns
+Everything here reads the documented Parquet contracts (docs/data-contracts.md) and returns
 pandas frames with every column the report uses, so the renderer never checks for absent columns.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,7 +13,8 @@ import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from neuronscan.io import get_fs, join, layer_dirname
+from neuronscan.io import RunDir, RunInfoError, get_fs, run_alpha
+from neuronscan.stats import significant_mask
 
 DEFAULT_ALPHA = 0.05
 
@@ -79,9 +79,10 @@ def open_run(run_dir: str) -> RunData:
         raise ValueError(f"run directory {run_dir!r} does not exist; pass the OUT folder of a neuronscan run")
     notes: list[str] = []
     info = _read_info(run_dir, notes)
-    images = _read_frame(run_dir, "images.parquet", notes, columns=("image_id", "uri", "status", "error"))
-    neurons = _read_frame(run_dir, "neurons.parquet", notes)
-    concepts = _open_dataset(run_dir, "neuron_concepts.parquet", notes)
+    run = RunDir(run_dir)
+    images = _read_frame(run.images, "images.parquet", notes, columns=("image_id", "uri", "status", "error"))
+    neurons = _read_frame(run.neurons, "neurons.parquet", notes)
+    concepts = _open_dataset(run.neuron_concepts, "neuron_concepts.parquet", notes)
     if not info and neurons is None and concepts is None:
         raise ValueError(
             f"{run_dir!r} has none of run.json, neurons.parquet, neuron_concepts.parquet; "
@@ -104,7 +105,7 @@ def layer_neurons(run: RunData, layer: str, concepts: pd.DataFrame | None) -> pd
     """One row per unit of ``layer``, sorted by unit, from ``neurons.parquet`` or derived from ``concepts``.
 
     When ``neurons.parquet`` is missing the best concept of each unit is its highest-AUC concept and
-    ``n_significant`` counts its concepts with ``q_value <= alpha``.
+    ``n_significant`` counts its significant concepts (`neuronscan.stats.significant_mask`).
     """
     if run.neurons is not None:
         frame = run.neurons[run.neurons["layer"] == layer]
@@ -115,7 +116,8 @@ def layer_neurons(run: RunData, layer: str, concepts: pd.DataFrame | None) -> pd
         )
     ranked = concepts.sort_values(["unit", "auc"], ascending=[True, False], na_position="last", kind="stable")
     best = ranked.drop_duplicates("unit", keep="first")
-    n_sig = (concepts["q_value"] <= run.alpha).groupby(concepts["unit"]).sum()
+    sig = significant_mask(concepts["q_value"].to_numpy(float), concepts["auc"].to_numpy(float), run.alpha)
+    n_sig = pd.Series(sig, index=concepts.index).groupby(concepts["unit"]).sum()
     frame = pd.DataFrame(
         {
             "layer": layer,
@@ -152,8 +154,9 @@ def layer_concepts(run: RunData, layer: str) -> pd.DataFrame | None:
 
 def layer_topk(run: RunData, layer: str, max_rank: int) -> pd.DataFrame | None:
     """``topk/<layer>.parquet`` rows with ``rank < max_rank``, sorted by unit then rank (None when missing)."""
-    name = f"topk/{layer_dirname(layer)}.parquet"
-    frame = _read_frame(run.root, name, run.notes, quiet=True)
+    uri = RunDir(run.root).topk(layer)
+    name = uri.rsplit("/", 2)[-2] + "/" + uri.rsplit("/", 1)[-1]  # topk/<layer>.parquet, for the notes
+    frame = _read_frame(uri, name, run.notes, quiet=True)
     if frame is None:
         run.notes.append(f"{name} is missing: units of layer {layer!r} show no top images")
         return None
@@ -165,25 +168,20 @@ def layer_topk(run: RunData, layer: str, max_rank: int) -> pd.DataFrame | None:
 
 def _read_info(run_dir: str, notes: list[str]) -> dict:
     """``run.json`` as a dict; a missing or malformed file is a note, not an error."""
-    fs, path = get_fs(join(run_dir, "run.json"))
-    if not fs.exists(path):
-        notes.append("run.json is missing")
-        return {}
     try:
-        with fs.open(path, "rb") as fh:
-            info = json.loads(fh.read())
-    except (OSError, ValueError) as exc:
-        notes.append(f"run.json could not be read: {exc}")
+        info = RunDir(run_dir).read_info()
+    except (OSError, RunInfoError) as exc:
+        notes.append(str(exc) if isinstance(exc, RunInfoError) else f"run.json could not be read: {exc}")
         return {}
-    if not isinstance(info, dict):
-        notes.append(f"run.json holds a {type(info).__name__}, not an object")
+    if info is None:
+        notes.append("run.json is missing")
         return {}
     return info
 
 
-def _open_dataset(run_dir: str, name: str, notes: list[str]) -> ds.Dataset | None:
-    """A Parquet file or folder of part files as a dataset, or None (with a note) when missing."""
-    fs, path = get_fs(join(run_dir, name))
+def _open_dataset(uri: str, name: str, notes: list[str]) -> ds.Dataset | None:
+    """A Parquet file or folder of part files as a dataset, or None (with a note naming it) when missing."""
+    fs, path = get_fs(uri)
     if not fs.exists(path):
         notes.append(f"{name} is missing")
         return None
@@ -191,13 +189,13 @@ def _open_dataset(run_dir: str, name: str, notes: list[str]) -> ds.Dataset | Non
 
 
 def _read_frame(
-    run_dir: str, name: str, notes: list[str], quiet: bool = False, columns: tuple[str, ...] | None = None
+    uri: str, name: str, notes: list[str], quiet: bool = False, columns: tuple[str, ...] | None = None
 ) -> pd.DataFrame | None:
     """A Parquet file or folder as a DataFrame (only ``columns`` that exist, when given), or None when missing.
 
-    A missing file adds a note unless ``quiet``.
+    A missing file adds a note naming it (``name``) unless ``quiet``.
     """
-    fs, path = get_fs(join(run_dir, name))
+    fs, path = get_fs(uri)
     if not fs.exists(path):
         if not quiet:
             notes.append(f"{name} is missing")
@@ -219,12 +217,10 @@ def _with_columns(frame: pd.DataFrame, defaults: dict[str, object]) -> pd.DataFr
 
 
 def _alpha(info: dict, notes: list[str]) -> float:
-    """The run's significance level: ``alpha`` in run.json (top level or under ``score``), else 0.05."""
-    score = info.get("score")
-    candidates = [info.get("alpha"), score.get("alpha") if isinstance(score, dict) else None]
-    for value in candidates:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1:
-            return float(value)
+    """The run's significance level (`neuronscan.io.run_alpha`), else 0.05."""
+    alpha = run_alpha(info)
+    if alpha is not None:
+        return alpha
     notes.append(f"run.json gives no alpha; significance uses q <= {DEFAULT_ALPHA}")
     return DEFAULT_ALPHA
 

@@ -21,6 +21,7 @@ from ._mannwhitney import mannwhitney_pvalues
 from ._permutation import permutation_pvalues
 from ._ranking import UnitRanks, rank_units
 from ._score import score_block
+from ._significance import aligned_mask, best_concepts, multimodal_units, significant_mask, summarize_units
 from ._wpmi import soft_wpmi, soft_wpmi_log_conditional, top_mean_cosine
 
 __all__ = [
@@ -42,4 +43,9 @@ __all__ = [
     "rank_sums",
     "rank_units",
     "score_block",
+    "aligned_mask",
+    "best_concepts",
+    "multimodal_units",
+    "significant_mask",
+    "summarize_units",
 ]

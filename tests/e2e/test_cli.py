@@ -150,7 +150,7 @@ def test_diff_reports_exactly_the_perturbed_units(demo_run, tmp_path):
 
 def test_demo_report_in_headless_chromium(demo_run, tmp_path):
     """The demo run's own report: opens from file://, no page errors, AUC filter gives the table's count."""
-    from neuronscan.report._browser import Chromium, find_chromium
+    from tests.browser import Chromium, find_chromium
 
     if os.environ.get("NEURONSCAN_SKIP_BROWSER") == "1":
         pytest.skip("NEURONSCAN_SKIP_BROWSER=1")

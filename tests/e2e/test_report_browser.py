@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from neuronscan.report import write_report
-from neuronscan.report._browser import Chromium, find_chromium
+from tests.browser import Chromium, find_chromium
 from tests.unit.report._fake_run import XSS_IMG, XSS_SCRIPT, write_fake_diff, write_fake_run
 
 pytestmark = pytest.mark.timeout(180)

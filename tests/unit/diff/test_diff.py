@@ -122,8 +122,8 @@ def test_settings_come_from_run_json(tmp_path, runs):
     # alpha below every q-value: nothing is significant, but best concepts still changed
     strict = diff_runs(str(a), str(b), alpha=1e-9)
     assert strict.summary["n_units_gained"] == 0 and strict.summary["n_label_changed"] == 2
-    # min_auc above every planted AUC: nothing is significant either
-    assert diff_runs(str(a), str(b), min_auc=0.99).summary["n_significant_pairs_b"] == 0
+    # min_auc above every planted AUC: nothing is aligned either
+    assert diff_runs(str(a), str(b), min_auc=0.99).summary["n_aligned_pairs_b"] == 0
 
 
 def test_without_neurons_parquet_the_best_concept_is_derived(tmp_path, runs):

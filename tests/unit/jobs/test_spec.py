@@ -96,7 +96,7 @@ def test_entry_runs_the_cli_on_the_carried_config(monkeypatch):
         calls.append((argv, path.name, path.read_text()))
         return 7
 
-    monkeypatch.setattr("neuronscan.cli.main", fake_cli)
+    monkeypatch.setattr("neuronscan.jobs._entry._run_cli", fake_cli)
     monkeypatch.setenv(CONFIG_ENV, CONFIG)
     assert entry_main(["run", "tiny.yaml", "--run-id", "r1"]) == 7
     (argv, name, text), = calls
@@ -105,6 +105,13 @@ def test_entry_runs_the_cli_on_the_carried_config(monkeypatch):
     monkeypatch.delenv(CONFIG_ENV)
     assert entry_main(["run", "tiny.yaml"]) == 2
     assert entry_main(["oops"]) == 2
+
+
+def test_entry_runs_the_cli_in_a_child_process():
+    from neuronscan.jobs._entry import _run_cli
+
+    assert _run_cli(["--version"]) == 0
+    assert _run_cli(["no-such-command"]) != 0
 
 
 def test_unreachable_cluster_is_a_clear_error(monkeypatch):

@@ -1,0 +1,141 @@
+"""Audit commands: ``run``, ``probe``, ``score``, ``validate``."""
+
+from __future__ import annotations
+
+import textwrap
+
+from neuronscan.cli._common import FORMATTER, add_config_args, examples, overrides, print_top
+from neuronscan.errors import NeuronscanError
+
+
+def add_parsers(sub) -> dict:
+    """Add this group's subcommands to ``sub``; return command name → handler."""
+    p = sub.add_parser("run", help="probe → score → report, one command", formatter_class=FORMATTER,
+                       description="Run a whole audit: probe the images, score every unit, write the report.",
+                       epilog=examples("neuronscan run configs/demo.yaml",
+                                        "neuronscan run configs/demo.yaml --out /tmp/runs --set probe.batch_size=64",
+                                        "neuronscan run configs/imagenet_resnet50.yaml --address ray://head:10001"))
+    add_config_args(p)
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+
+    p = sub.add_parser("probe", help="run the model over the images and write activations", formatter_class=FORMATTER,
+                       description="Probe stage only: writes images.parquet, activations/, topk/ under the run dir.",
+                       epilog=examples("neuronscan probe configs/demo.yaml --run-id try1"))
+    add_config_args(p)
+
+    p = sub.add_parser("score", help="score activations against concept labels", formatter_class=FORMATTER,
+                       description=textwrap.dedent("""\
+                           Score every unit against every concept. Either a probed run (--run), or activations
+                           produced anywhere: --activations DIR with DIR/<layer>/part-*.parquet (image_id int64 +
+                           u00000… float32 columns) and --labels labels.parquet with (image_id, concept) rows.
+                           Writes OUT/neuron_concepts.parquet and OUT/neurons.parquet."""),
+                       epilog=examples("neuronscan score --activations acts/ --labels labels.parquet --out scored/",
+                                        "neuronscan score --run runs/shapesnet/demo --set score.alpha=0.01"))
+    p.add_argument("--run", metavar="RUN_DIR", help="a probed run directory (scored in place)")
+    p.add_argument("--activations", metavar="DIR", help="folder of <layer>/part-*.parquet")
+    p.add_argument("--labels", metavar="PARQUET", help="labels.parquet: (image_id, concept) rows")
+    p.add_argument("--hierarchy", metavar="FILE", help="optional (concept, parent) edges: Parquet or YAML")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: the run dir)")
+    p.add_argument("--config", metavar="YAML", help="take the score section from this run config")
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster address; default: RAY_ADDRESS, else local")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
+                   help="override a score setting, e.g. --set score.n_perm=0")
+    p.add_argument("--quiet", "-q", action="store_true")
+
+    p = sub.add_parser("validate", help="check a config; list every problem at once", formatter_class=FORMATTER,
+                       description="Validate a YAML run config (and its overrides) without running anything. "
+                       "Sections: run, data, model, probe, score, diff, ray.",
+                       epilog=examples("neuronscan validate configs/demo.yaml",
+                                        "neuronscan validate configs/demo.yaml --set probe.batch_size=0"))
+    p.add_argument("config")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides")
+    p.add_argument("--check-model", action="store_true", help="also build the model and resolve its layers")
+
+    return {"run": _cmd_run, "probe": _cmd_probe, "score": _cmd_score, "validate": _cmd_validate}
+
+
+def _cmd_run(args, stages=("probe", "score")) -> int:
+    from neuronscan.config import load_config
+    from neuronscan.io import RunDir
+    from pipelines import run_audit
+
+    cfg = load_config(args.config, overrides(args))
+    result = run_audit(cfg, quiet=args.quiet, report=not getattr(args, "no_report", False), stages=stages)
+    run_dir = result["run_dir"]
+    counts = result.get("counts", {})
+    print(f"\nrun {result['run_id']}: {counts.get('ok', 0):,} images ok, {counts.get('failed', 0):,} failed "
+          f"(of {counts.get('inputs', 0):,} inputs)")
+    if "score" in stages:
+        print(f"  {counts.get('significant_pairs', 0):,} of {counts.get('tests', 0):,} unit–concept pairs significant "
+              f"at q ≤ {cfg.score.alpha}")
+    run = RunDir(run_dir)
+    print(f"outputs in {run.root}/")
+    paths = [run.images, run.activations_dir + "/", run.path("topk") + "/"]
+    if "score" in stages:
+        paths += [run.neuron_concepts, run.neurons]
+    for path in paths + [run.info_uri]:
+        print(f"  {path}")
+    print_top(result.get("_top_units"))
+    if result.get("report"):
+        print(f"\nreport: {result['report']}")
+    return 0
+
+
+def _cmd_score(args) -> int:
+    from neuronscan.concepts import read_hierarchy, read_labels
+    from neuronscan.config import apply_overrides, config_from_dict, load_config, parse_overrides
+    from neuronscan.io import RunDir
+    from pipelines import init_ray, run_score, score_run
+
+    ov = parse_overrides(args.overrides)
+    if args.run:
+        if args.activations or args.labels:
+            raise NeuronscanError("give either --run, or --activations with --labels, not both")
+        run = RunDir(args.run)
+        info = run.read_info()
+        if not info or not isinstance(info.get("config"), dict):
+            raise NeuronscanError(f"{run.info_uri} is missing or holds no config; is {args.run!r} a probed run?")
+        cfg = config_from_dict(apply_overrides(info["config"], ov), run.info_uri)
+        init_ray(args.address or cfg.ray.address)
+        summary = score_run(cfg, run, quiet=args.quiet)
+        out = args.run
+    else:
+        if not (args.activations and args.labels and args.out):
+            raise NeuronscanError("score needs --run RUN_DIR, or all of --activations DIR --labels PARQUET --out DIR")
+        if args.config:
+            cfg = load_config(args.config, ov)
+            score_cfg = cfg.score
+        else:
+            raw = apply_overrides({"data": {"folder": "."}, "model": {"name": "-", "layers": ["-"]}}, ov)
+            score_cfg = config_from_dict(raw, "--set").score
+        labels = read_labels(args.labels)
+        hierarchy = read_hierarchy(args.hierarchy) if args.hierarchy else None
+        init_ray(args.address)
+        summary = run_score(activations_dir=args.activations, labels=labels, out_dir=args.out, score_cfg=score_cfg,
+                            hierarchy=hierarchy, quiet=args.quiet)
+        out = args.out
+    print(f"scored {sum(summary.layers.values()):,} units × {summary.n_concepts:,} concepts on "
+          f"{summary.n_images:,} images in {summary.seconds:.1f} s; {summary.n_significant:,} of {summary.n_tests:,} "
+          "pairs significant")
+    print(f"  {out.rstrip('/')}/neuron_concepts.parquet\n  {out.rstrip('/')}/neurons.parquet")
+    print_top(summary.top_units)
+    return 0
+
+
+def _cmd_validate(args) -> int:
+    from neuronscan.config import load_config
+
+    cfg = load_config(args.config, overrides(args))
+    if args.check_model:
+        from neuronscan.models import build_model, list_layers, resolve_layers
+
+        spec = build_model(cfg.model.name, source=cfg.model.source, weights=cfg.model.weights,
+                           checkpoint=cfg.model.checkpoint)
+        layers = resolve_layers(cfg.model.layers, [i.name for i in list_layers(spec)], model_name=cfg.model.name)
+        print(f"model {cfg.model.name}: layers {', '.join(layers)}")
+    print(f"{args.config}: OK")
+    return 0
+
+
+def _cmd_probe(args) -> int:
+    return _cmd_run(args, stages=("probe",))

@@ -1,0 +1,388 @@
+"""The run directory: every path of a run, its committed parts, and ``run.json``.
+
+A run lives in ``OUT/<model>/<run_id>/`` (a local path or an ``s3://`` URI)::
+
+    run.json                               config, versions, counts, timings, status (RunDir.info_uri)
+    inputs.parquet  labels.parquet  hierarchy.parquet   the planned inputs (written before probing)
+    probe/source.json  probe/layers.json   where the inputs came from; the probed layers
+    probe/commits/<part>.parquet           one per committed batch: its images and their status
+    activations/<layer>/part-<part>.parquet   image_id + u00000… float32
+    topk/_parts/<layer>/part-<part>.parquet   top-M entries of one batch (merged at the end)
+    topk/<layer>.parquet                   per unit its top images
+    clip/part-<part>.parquet               CLIP image embeddings (when configured)
+    images.parquet                         every input exactly once
+    neuron_concepts.parquet  neurons.parquet  clip_labels/<layer>.parquet   the score stage's tables
+    report/index.html                      the report
+
+A part file counts only once ``probe/commits/<part>.parquet`` exists: `RunDir.committed_parts` is the
+one listing of committed batches that the probe, the score stage and the diff read. Every other module
+asks this one for paths instead of joining strings, so a new stage adds its files here.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from neuronscan.errors import InputError
+from neuronscan.io._fs import (
+    get_fs,
+    is_remote,
+    join,
+    layer_dirname,
+    layer_from_dirname,
+    read_parquet,
+    write_json_atomic,
+)
+from neuronscan.io._schemas import is_unit_column
+
+__all__ = [
+    "RunDir",
+    "LayerParts",
+    "RunInfoError",
+    "list_layer_parts",
+    "new_run_id",
+    "run_id_time",
+    "model_folder",
+    "run_alpha",
+]
+
+RUN_ID_TIME = "%Y%m%dT%H%M%SZ"
+"""The UTC time at the start of a generated run id (``20260102T020000Z-a1b2c3``)."""
+
+_PART_PREFIX, _PARQUET = "part-", ".parquet"
+
+
+class RunInfoError(InputError):
+    """``run.json`` exists but is not a readable JSON object."""
+
+
+def new_run_id() -> str:
+    """A unique run id: the UTC time and a random suffix, ``20260102T020000Z-a1b2c3``."""
+    return _dt.datetime.now(_dt.UTC).strftime(RUN_ID_TIME) + "-" + uuid.uuid4().hex[:6]
+
+
+def run_id_time(run_id: str) -> _dt.datetime | None:
+    """The time in a generated run id (UTC), or None for a run id a user chose."""
+    try:
+        return _dt.datetime.strptime(run_id.split("-", 1)[0], RUN_ID_TIME).replace(tzinfo=_dt.UTC)
+    except ValueError:
+        return None
+
+
+def model_folder(model_name: str) -> str:
+    """The registry folder of a model: its name made file-safe (a model file counts by its file name)."""
+    name = model_name.rsplit("/", 1)[-1] if model_name.endswith((".pt2", ".ts")) else model_name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+
+
+def _number_in(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1:
+        return float(value)
+    return None
+
+
+def run_alpha(info: dict) -> float | None:
+    """The FDR level a run was scored at, from its ``run.json`` (None when it gives none).
+
+    The score stage writes it once, as ``score.alpha``. Runs written before that key existed gave it
+    at the top level, under ``score.fdr`` or only in the config; those are read in that order.
+    """
+    score = info.get("score") if isinstance(info.get("score"), dict) else {}
+    fdr = score.get("fdr") if isinstance(score.get("fdr"), dict) else {}
+    config = info.get("config") if isinstance(info.get("config"), dict) else {}
+    config_score = config.get("score") if isinstance(config.get("score"), dict) else {}
+    for value in (score.get("alpha"), info.get("alpha"), fdr.get("alpha"), config_score.get("alpha")):
+        if _number_in(value) is not None:
+            return float(value)
+    return None
+
+
+@dataclass
+class LayerParts:
+    """A layer's part files (URIs) and its unit columns, in unit order."""
+
+    layer: str
+    files: list[str]
+    units: list[str]
+
+
+def _part_id(name: str) -> str | None:
+    """``part-<id>.parquet`` → ``<id>``; None for any other name (temp files, hidden files)."""
+    if name.startswith(_PART_PREFIX) and name.endswith(_PARQUET):
+        return name[len(_PART_PREFIX) : -len(_PARQUET)]
+    return None
+
+
+def _names(uri: str) -> list[str]:
+    fs, path = get_fs(uri)
+    if not fs.exists(path):
+        return []
+    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+
+
+def list_layer_parts(activations_dir: str, *, committed: set[str] | None = None) -> list[LayerParts]:
+    """Every ``<layer>/part-*.parquet`` under ``activations_dir`` and each layer's unit columns.
+
+    Args:
+        committed: part ids to keep (`RunDir.committed_parts`); None keeps every part (activations made
+            elsewhere, or a run without commit records).
+
+    Raises:
+        InputError: the folder is missing or holds no layers, or a part file lacks ``image_id`` or unit
+            columns.
+    """
+    fs, root = get_fs(activations_dir)
+    if not fs.exists(root) or not fs.isdir(root):
+        raise InputError(f"activations folder {activations_dir!r} does not exist")
+    layers = []
+    for sub in sorted(fs.ls(root, detail=False)):
+        name = sub.rstrip("/").rsplit("/", 1)[-1]
+        if name.startswith((".", "_")) or not fs.isdir(sub):
+            continue
+        files = []
+        for f in sorted(fs.ls(sub, detail=False)):
+            part = _part_id(f.rsplit("/", 1)[-1])
+            if part is not None and (committed is None or part in committed):
+                files.append(f)
+        if not files:
+            continue
+        if is_remote(activations_dir):  # object-store listings drop the scheme; readers need it back
+            files = [fs.unstrip_protocol(f) for f in files]
+        with get_fs(files[0])[0].open(get_fs(files[0])[1], "rb") as fh:
+            schema = pq.read_schema(fh)
+        if "image_id" not in schema.names:
+            raise InputError(f"{files[0]!r} has no image_id column; found {schema.names[:5]}…")
+        units = [n for n in schema.names if is_unit_column(n)]
+        if not units:
+            raise InputError(f"{files[0]!r} has no unit columns (u00000, u00001, …)")
+        layers.append(LayerParts(layer_from_dirname(name), files, units))
+    if not layers:
+        raise InputError(f"no <layer>/part-*.parquet files under {activations_dir!r}")
+    return layers
+
+
+class RunDir:
+    """One run directory ``OUT/<model>/<run_id>`` (local or ``s3://``): its paths, parts and ``run.json``.
+
+    Example:
+        >>> run = RunDir("runs/shapesnet/demo")
+        >>> run.activations("conv4:mean")
+        'runs/shapesnet/demo/activations/conv4__mean'
+        >>> run.topk("conv4:mean")
+        'runs/shapesnet/demo/topk/conv4__mean.parquet'
+    """
+
+    def __init__(self, root: str):
+        self.root = str(root).rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"RunDir({self.root!r})"
+
+    def __str__(self) -> str:
+        return self.root
+
+    @classmethod
+    def for_run(cls, out: str, model_name: str, run_id: str) -> RunDir:
+        """The run directory ``out/<model folder>/<run_id>``."""
+        return cls(join(out, model_folder(model_name), run_id))
+
+    @property
+    def run_id(self) -> str:
+        return self.root.rsplit("/", 1)[-1]
+
+    @property
+    def is_remote(self) -> bool:
+        return is_remote(self.root)
+
+    def path(self, *parts: str) -> str:
+        """Any path under the run (prefer the named ones below)."""
+        return join(self.root, *parts)
+
+    # -- files -----------------------------------------------------------------------------------------
+    @property
+    def info_uri(self) -> str:
+        return self.path("run.json")
+
+    @property
+    def inputs(self) -> str:
+        return self.path("inputs.parquet")
+
+    @property
+    def labels(self) -> str:
+        return self.path("labels.parquet")
+
+    @property
+    def hierarchy(self) -> str:
+        return self.path("hierarchy.parquet")
+
+    @property
+    def images(self) -> str:
+        return self.path("images.parquet")
+
+    @property
+    def source(self) -> str:
+        return self.path("probe", "source.json")
+
+    @property
+    def layers_json(self) -> str:
+        return self.path("probe", "layers.json")
+
+    @property
+    def commits_dir(self) -> str:
+        return self.path("probe", "commits")
+
+    def commit(self, part: str) -> str:
+        return self.path("probe", "commits", f"{part}{_PARQUET}")
+
+    @property
+    def activations_dir(self) -> str:
+        return self.path("activations")
+
+    def activations(self, layer: str) -> str:
+        return self.path("activations", layer_dirname(layer))
+
+    def activation_part(self, layer: str, part: str) -> str:
+        return self.path("activations", layer_dirname(layer), f"{_PART_PREFIX}{part}{_PARQUET}")
+
+    def topk(self, layer: str) -> str:
+        return self.path("topk", f"{layer_dirname(layer)}{_PARQUET}")
+
+    def topk_parts(self, layer: str) -> str:
+        return self.path("topk", "_parts", layer_dirname(layer))
+
+    def topk_part(self, layer: str, part: str) -> str:
+        return join(self.topk_parts(layer), f"{_PART_PREFIX}{part}{_PARQUET}")
+
+    @property
+    def clip(self) -> str:
+        return self.path("clip")
+
+    def clip_part(self, part: str) -> str:
+        return self.path("clip", f"{_PART_PREFIX}{part}{_PARQUET}")
+
+    @property
+    def neuron_concepts(self) -> str:
+        return self.path("neuron_concepts.parquet")
+
+    @property
+    def neurons(self) -> str:
+        return self.path("neurons.parquet")
+
+    def clip_labels(self, layer: str) -> str:
+        return self.path("clip_labels", f"{layer_dirname(layer)}{_PARQUET}")
+
+    @property
+    def report(self) -> str:
+        return self.path("report")
+
+    def exists(self, uri: str | None = None) -> bool:
+        """Whether the run directory (or one of its paths) exists."""
+        fs, path = get_fs(uri or self.root)
+        return fs.exists(path)
+
+    # -- committed parts -------------------------------------------------------------------------------
+    def committed_parts(self) -> set[str] | None:
+        """Ids of committed probe batches, or None when the run has no commit records (all parts count)."""
+        fs, path = get_fs(self.commits_dir)
+        if not fs.exists(path):
+            return None
+        return {n[: -len(_PARQUET)] for n in _names(self.commits_dir) if n.endswith(_PARQUET) and not n.startswith(".")}
+
+    def read_commits(self) -> pd.DataFrame:
+        """Every commit record: ``image_id, uri, status, error`` and ``part`` (the batch it belongs to)."""
+        names = [n for n in _names(self.commits_dir) if n.endswith(_PARQUET) and not n.startswith(".")]
+        if not names:
+            return pd.DataFrame({c: pd.Series(dtype=t) for c, t in
+                                 [("image_id", "int64"), ("uri", "str"), ("status", "str"), ("error", "str"),
+                                  ("part", "str")]})
+        frames = []
+        for name in names:
+            df = read_parquet(join(self.commits_dir, name)).to_pandas()
+            df["part"] = name[: -len(_PARQUET)]
+            frames.append(df)
+        return pd.concat(frames, ignore_index=True)
+
+    def remove_uncommitted(self, committed: set[str]) -> int:
+        """Delete part files whose batch never committed, and stale temp files; return how many."""
+        removed = 0
+        for sub in (self.activations_dir, self.path("topk", "_parts"), self.clip):
+            fs, path = get_fs(sub)
+            if not fs.exists(path):
+                continue
+            for f in fs.find(path):
+                name = f.rsplit("/", 1)[-1]
+                part = _part_id(name)
+                if name.startswith(".tmp-") or (part is not None and part not in committed):
+                    fs.rm(f)
+                    removed += 1
+        return removed
+
+    def layer_parts(self) -> list[LayerParts]:
+        """Every probed layer with its committed part files (see `list_layer_parts`)."""
+        return list_layer_parts(self.activations_dir, committed=self.committed_parts())
+
+    def part_files(self, folder: str) -> list[str]:
+        """Sorted ``part-*.parquet`` file names directly in ``folder`` (no temp or hidden files)."""
+        return [n for n in _names(folder) if _part_id(n) is not None]
+
+    def committed_layer_files(self, layer: str) -> list[str]:
+        """Committed ``part-*.parquet`` URIs of one layer.
+
+        Raises:
+            InputError: the run has no activations for ``layer``, or none of them committed.
+        """
+        uri = self.activations(layer)
+        fs, path = get_fs(uri)
+        if not fs.isdir(path):
+            have = [layer_from_dirname(n) for n in _names(self.activations_dir)]
+            hint = f"; layers there: {', '.join(have)}" if have else ""
+            raise InputError(f"run {self.root!r} has no activations for layer {layer!r} (looked in {uri}){hint}")
+        committed = self.committed_parts()
+        files = [join(uri, n) for n in self.part_files(uri) if committed is None or _part_id(n) in committed]
+        if not files:
+            raise InputError(f"layer {layer!r} of run {self.root!r} has no committed part-*.parquet files")
+        return files
+
+    # -- run.json --------------------------------------------------------------------------------------
+    def read_info(self) -> dict | None:
+        """``run.json`` as a dict, or None when the run has none.
+
+        Raises:
+            RunInfoError: the file exists but is not a JSON object.
+        """
+        fs, path = get_fs(self.info_uri)
+        try:
+            raw = fs.cat_file(path)
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        try:
+            info = json.loads(raw)
+        except ValueError as exc:
+            raise RunInfoError(f"{self.info_uri} cannot be read: {exc}") from exc
+        if not isinstance(info, dict):
+            raise RunInfoError(f"{self.info_uri} holds a {type(info).__name__}, not an object")
+        return info
+
+    def update_info(self, patch: dict[str, Any]) -> dict:
+        """Merge ``patch`` into ``run.json`` (top-level keys; dict values merged one level deep)."""
+        current = self.read_info() or {}
+        for key, value in patch.items():
+            if isinstance(value, dict) and isinstance(current.get(key), dict):
+                current[key] = {**current[key], **value}
+            else:
+                current[key] = value
+        write_json_atomic(current, self.info_uri)
+        return current
+
+    def alpha(self) -> float | None:
+        """The FDR level the run was scored at (`run_alpha` of its ``run.json``), or None."""
+        info = self.read_info()
+        return run_alpha(info) if info else None
