@@ -1,4 +1,4 @@
-# neuronscan: `make demo` runs the offline audit, `make test` the whole suite. Both set up .venv first.
+# neuronscan: `make demo` runs the offline audit, `make test` the whole suite, `make lint` ruff. All set up .venv first.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -23,6 +23,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 clean-runs:
 	rm -rf runs data/shapes_world

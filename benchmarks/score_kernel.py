@@ -136,7 +136,7 @@ def oracle_pairs(
     err = {"auc": 0.0, "auprc": 0.0, "p_value": 0.0}
     for unit, concept in zip(units, concepts):
         y = dense[concept]
-        x = acts[:, unit].astype(np.float64)  # compare in float64 (see DESIGN.md)
+        x = acts[:, unit].astype(np.float64)  # compare in float64 (see docs/algorithms.md)
         t0 = time.perf_counter()
         p = mannwhitneyu(x[y], x[~y], alternative="greater", method="asymptotic").pvalue
         t1 = time.perf_counter()

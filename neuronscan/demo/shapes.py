@@ -34,6 +34,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
+from neuronscan.io import HIERARCHY_SCHEMA, INPUTS_SCHEMA, LABELS_SCHEMA
+
 __all__ = [
     "ATTRIBUTES",
     "CONCEPTS",
@@ -352,11 +354,6 @@ def render_dataset(
     return images, labels
 
 
-_MANIFEST_SCHEMA = pa.schema(
-    [("image_id", pa.int64()), ("uri", pa.string()), ("concepts", pa.list_(pa.string()))]
-)
-_LABELS_SCHEMA = pa.schema([("image_id", pa.int64()), ("concept", pa.string())])
-_HIERARCHY_SCHEMA = pa.schema([("concept", pa.string()), ("parent", pa.string())])
 _OUTPUTS = ("manifest.parquet", "labels.parquet", "hierarchy.parquet")
 
 
@@ -445,17 +442,17 @@ def generate_shapes_world(
 
     image_ids = np.arange(n_images, dtype=np.int64)
     manifest = pa.table(
-        {"image_id": image_ids, "uri": uris, "concepts": concepts}, schema=_MANIFEST_SCHEMA
+        {"image_id": image_ids, "uri": uris, "concepts": concepts}, schema=INPUTS_SCHEMA
     )
     labels = pa.table(
         {
             "image_id": np.repeat(image_ids, len(ATTRIBUTES)),
             "concept": [name for row in concepts for name in row],
         },
-        schema=_LABELS_SCHEMA,
+        schema=LABELS_SCHEMA,
     )
     hierarchy = pa.table(
-        {"concept": [c for c, _ in HIERARCHY], "parent": [p for _, p in HIERARCHY]}, schema=_HIERARCHY_SCHEMA
+        {"concept": [c for c, _ in HIERARCHY], "parent": [p for _, p in HIERARCHY]}, schema=HIERARCHY_SCHEMA
     )
     pq.write_table(manifest, out_dir / "manifest.parquet")
     pq.write_table(labels, out_dir / "labels.parquet")
