@@ -225,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs[name].append(res)
             print(f"repeat {r + 1}: end to end plain {plain['images_per_second']:.1f} img/s, "
                   f"ray {ray_res['images_per_second']:.1f} img/s; steady plain "
-                  f"{plain['steady_images_per_second']:.1f}, ray {ray_res['steady_images_per_second']:.1f}; ray phases (s) "
+                  f"{plain['steady_images_per_second']:.1f}, ray {ray_res['steady_images_per_second']:.1f}; "
+                  "ray phases (s) "
                   f"{ray_res['phases_s']}", flush=True)
     med = {k: statistics.median(x["images_per_second"] for x in v) for k, v in runs.items()}
     steady = {k: statistics.median(x["steady_images_per_second"] for x in v) for k, v in runs.items()}
@@ -252,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"median end to end: plain {med['plain']:.1f} img/s, ray {med['ray']:.1f} img/s, ratio "
-          f"{result['ratio_ray_to_plain']:.3f}; steady state: plain {steady['plain']:.1f}, ray {steady['ray']:.1f}, ratio "
+          f"{result['ratio_ray_to_plain']:.3f}; steady state: plain {steady['plain']:.1f}, "
+          f"ray {steady['ray']:.1f}, ratio "
           f"{result['steady_ratio_ray_to_plain']:.3f}; forward-only {fwd:.1f} img/s; actor peak RSS "
           f"{result['actor_peak_rss_mib']:.0f} MiB → {args.out}")
     return 0

@@ -172,7 +172,7 @@ class ActivationProbe:
                 values = torch.nan_to_num(values.float(), nan=float("-inf"))
                 top_vals, top_idx = torch.topk(values, m, dim=0)
                 top_loc = loc[top_idx, torch.arange(values.shape[1], device=values.device)]
-                result[name] = (values.cpu().numpy(), top_vals.cpu().numpy(), top_idx.cpu().numpy(), top_loc.cpu().numpy())
+                result[name] = tuple(t.cpu().numpy() for t in (values, top_vals, top_idx, top_loc))
         return result
 
     def _update_top(

@@ -357,7 +357,7 @@ class _WebSocket:
                     if fin:
                         data, self._fragments = b"".join(self._fragments), []
                         return data.decode("utf-8")
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return None
 
     def close(self) -> None:

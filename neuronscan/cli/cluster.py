@@ -15,7 +15,8 @@ def add_parsers(sub) -> dict:
                        "This checkout travels as the job's working_dir; the config's YAML travels in the job's "
                        "environment, so paths inside it must be visible to the cluster (use s3://).",
                        epilog=examples("neuronscan submit configs/demo.yaml --address http://127.0.0.1:8265",
-                                        "neuronscan submit configs/nightly_audit.yaml --address http://head:8265 --wait"))
+                                        "neuronscan submit configs/nightly_audit.yaml --address http://head:8265 "
+                                        "--wait"))
     p.add_argument("config")
     p.add_argument("--address", metavar="URL", help="Ray dashboard address (default: RAY_ADDRESS)")
     p.add_argument("--run-id", metavar="ID")

@@ -21,18 +21,21 @@ def add_parsers(sub) -> dict:
     p.add_argument("--max-top-images", type=int, default=8, metavar="N", help="top images per unit card")
     p.add_argument("--thumb-size", type=int, default=64, metavar="PX", help="thumbnail side in pixels")
 
-    p = sub.add_parser("diff", help="compare two runs; exit 1 when a diff threshold is crossed", formatter_class=FORMATTER,
+    p = sub.add_parser("diff", help="compare two runs; exit 1 when a diff threshold is crossed",
+                       formatter_class=FORMATTER,
                        description=textwrap.dedent("""\
                            Compare run B (new) with run A (baseline). Same architecture: per unit label changes,
                            AUC deltas, gained/lost significant concepts, new alignment to spurious concepts. Any two
                            models: concept coverage, and unit matching by activation correlation (--match).
                            Writes diff_units.parquet, diff_concepts.parquet and diff.json; exits 1 when a threshold
                            of the config's diff section is crossed (the nightly alert), 0 otherwise."""),
-                       epilog=examples("neuronscan diff runs/resnet50/20260101T020000Z-ab12cd runs/resnet50/20260102T020000Z-ef34ab",
+                       epilog=examples("neuronscan diff runs/resnet50/20260101T020000Z-ab12cd "
+                                       "runs/resnet50/20260102T020000Z-ef34ab",
                                         "neuronscan diff --latest s3://audits/runs/resnet50",
                                         "neuronscan diff RUN_A RUN_B --match layer4:mean layer4:mean"))
     p.add_argument("runs", nargs="*", metavar="RUN", help="RUN_A RUN_B")
-    p.add_argument("--latest", metavar="MODEL_DIR", help="compare the newest complete run under MODEL_DIR with the one before")
+    p.add_argument("--latest", metavar="MODEL_DIR",
+                   help="compare the newest complete run under MODEL_DIR with the one before")
     p.add_argument("--out", metavar="DIR", help="where the diff tables go (default: RUN_B/diff)")
     p.add_argument("--config", metavar="YAML", help="take diff thresholds and spurious concepts from this config")
     p.add_argument("--spurious", nargs="+", metavar="CONCEPT", help="concepts no unit should align with")

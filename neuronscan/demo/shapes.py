@@ -25,7 +25,7 @@ from __future__ import annotations
 import difflib
 import json
 import shutil
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +123,7 @@ def all_concepts() -> list[str]:
     return leaves + inner
 
 
-@lru_cache(maxsize=None)
+@cache
 def _parents() -> dict[str, tuple[str, ...]]:
     parents: dict[str, list[str]] = {}
     for child, parent in HIERARCHY:

@@ -13,10 +13,11 @@ then each positive adds ``(1 / n_c) * P_i / g_i`` and ``AP_c = (1 / n_c) sum_{i 
 the keys ``s`` of each concept's positives are gathered into a padded row and sorted (ascending
 ``s`` = ascending activation; equal values share ``s``), all concepts of a row-length bucket at
 once with one ``np.sort(axis=-1)``. Short rows sort with SIMD networks, so bucketing rows by
-length (at most 12.5% padding, small buckets merged) is ~2.5x faster than one global sort of ``(concept, key)`` pairs. In
-a sorted row, the element at position ``j`` (0-based) of a run ``[a, a + L)`` of equal keys has
-``P = n_c - a = (n_c - j) + (j - a)``: a fixed weight ``n_c - j`` plus a tie correction that is
-non-zero only inside runs, ``L (L - 1) / 2`` per run. ``1 / g = 1 / (N - s)``.
+length (at most 12.5% padding, small buckets merged) is ~2.5x faster than one global sort of
+``(concept, key)`` pairs. In a sorted row, the element at position ``j`` (0-based) of a run
+``[a, a + L)`` of equal keys has ``P = n_c - a = (n_c - j) + (j - a)``: a fixed weight
+``n_c - j`` plus a tie correction that is non-zero only inside runs, ``L (L - 1) / 2`` per run.
+``1 / g = 1 / (N - s)``.
 
 Pads are ``N + 1 + column``: above every key and distinct from each other, so they sort to the
 end of a row, never tie, and carry weight 0.

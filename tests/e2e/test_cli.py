@@ -131,7 +131,8 @@ def test_diff_reports_exactly_the_perturbed_units(demo_run, tmp_path):
 
     run_a, _ = demo_run
     proc = ns("run", "configs/demo.yaml", "--out", tmp_path / "runs", "--run-id", "perturbed", "--no-report",
-              "--set", f"data.shapes_world.root={run_a.parents[2] / 'world'}", "--set", "data.shapes_world.n_images=160",
+              "--set", f"data.shapes_world.root={run_a.parents[2] / 'world'}",
+              "--set", "data.shapes_world.n_images=160",
               "--set", "probe.batch_size=40", "--set", "score.n_perm=100",
               "--set", "model.name=tests.e2e._perturbed:perturbed_shapesnet", "--set", "model.source=factory")
     assert proc.returncode == 0, proc.stderr

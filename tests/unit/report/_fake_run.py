@@ -331,7 +331,7 @@ def _neurons_from(nc: pd.DataFrame, names: list[str], alpha: float, rng) -> pd.D
             "best_auc": first["auc"],
             "best_auprc": first["auprc"],
             "best_q": first["q_value"],
-            "n_significant": [int(n_sig[(l, u)]) for l, u in zip(first["layer"], first["unit"])],
+            "n_significant": [int(n_sig[(layer, u)]) for layer, u in zip(first["layer"], first["unit"])],
             "formula": formula,
             "formula_auc": np.where([f is not None for f in formula], np.minimum(first["auc"] + 0.02, 1.0), np.nan),
             "clip_label": clip_label,

@@ -38,7 +38,8 @@ def test_summary_equals_a_naive_loop():
     auc = np.round(rng.uniform(0.3, 1.0, (n_units, n_c)), 2)  # rounding makes ties
     auc[rng.random((n_units, n_c)) < 0.1] = np.nan
     auc[3] = np.nan
-    q = np.where(rng.random((n_units, n_c)) < 0.5, rng.uniform(0, 0.04, (n_units, n_c)), rng.uniform(0.06, 1, (n_units, n_c)))
+    shape = (n_units, n_c)
+    q = np.where(rng.random(shape) < 0.5, rng.uniform(0, 0.04, shape), rng.uniform(0.06, 1, shape))
     auprc = rng.random((n_units, n_c))
     p_perm = np.where(rng.random((n_units, n_c)) < 0.3, rng.random((n_units, n_c)), np.nan)
     anc = {c: {"left" if j % 2 else "right"} for j, c in enumerate(concepts)}
