@@ -95,6 +95,12 @@ def make_salted_folder(root: Path, n_good: int = 24, size: tuple[int, int] = (48
     for relpath, kind, data, reason in bad:
         put(relpath, data, kind, reason)
 
+    # Symlinked dataset trees: a link to a good image reads through; a dangling link is an input that fails.
+    (root / "circle" / "link_to_good.png").symlink_to(root / CLASSES[0] / "good_000.png")
+    rows.append(("circle/link_to_good.png", "symlink", "ok", None))
+    (root / "square" / "dangling_link.jpg").symlink_to(root / "gone" / "missing.jpg")
+    rows.append(("square/dangling_link.jpg", "dangling_symlink", "failed", "missing"))
+
     (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
     (root / "circle" / "._good_000.png").write_bytes(b"\x00\x05\x16\x07AppleDouble")
     (root / ".cache").mkdir(exist_ok=True)

@@ -67,7 +67,8 @@ def list_image_folder(
     """List an ImageNet-layout folder ``ROOT/<class>/<file>`` as probe inputs.
 
     Every regular file is listed, images or not, so that a non-image shows up later as a failed row
-    instead of vanishing. Hidden entries (any path component starting with ``.``: ``.DS_Store``, ``._x.jpg``,
+    instead of vanishing; so is a dangling symlink (common in symlinked dataset trees), which fails when
+    read with ``missing: broken symlink``. Hidden entries (any path component starting with ``.``: ``.DS_Store``, ``._x.jpg``,
     ``.ipynb_checkpoints/``) are skipped. The class is the first folder under ``ROOT`` (files deeper inside
     it belong to it, as in torchvision's ``ImageFolder``); files directly under ``ROOT`` get no concept.
 
@@ -113,7 +114,8 @@ def list_image_folder(
     base = root_path.rstrip("/")
     relpaths = []
     for name, info in fs.find(root_path, withdirs=False, detail=True).items():
-        if info.get("type") != "file" or name.endswith("/") or not name.startswith(base + "/"):
+        dangling = info.get("islink") and info.get("type") == "other"
+        if (info.get("type") != "file" and not dangling) or name.endswith("/") or not name.startswith(base + "/"):
             continue
         rel = name[len(base) + 1 :]
         if any(part.startswith(".") for part in rel.split("/")):
@@ -291,6 +293,9 @@ def read_blob(uri: str, filesystem_cache: MutableMapping[str, fsspec.AbstractFil
     except IsADirectoryError as exc:
         raise DecodeError("not_a_file", f"{shown!r} is a folder, not a file") from exc
     except FileNotFoundError as exc:
+        if "://" not in uri and os.path.islink(uri):
+            target = os.readlink(uri)
+            raise DecodeError("missing", f"broken symlink: {shown!r} -> {target!r} does not exist") from exc
         raise DecodeError("missing", f"{shown!r} does not exist") from exc
     except PermissionError as exc:
         raise DecodeError("permission_denied", f"{shown!r}: {_redact_text(str(exc), uri, shown)}") from exc

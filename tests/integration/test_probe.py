@@ -63,6 +63,8 @@ def test_salted_folder_every_input_accounted_for(ray_local, salted, capsys):
     reasons = failed["error"].str.split(":", n=1).str[0]
     assert (reasons == failed["expected_reason"]).all(), failed[["relpath", "error", "expected_reason"]]
     assert (merged.loc[merged["status"] == "ok", "error"].isna()).all()
+    (dangling,) = merged.loc[merged["kind"] == "dangling_symlink", "error"]
+    assert dangling.startswith("missing: broken symlink:"), dangling
     assert summary.failures and sum(summary.failures.values()) == summary.n_failed
     for layer, n_units in summary.layers.items():
         acts = _activations(run_dir, layer)
