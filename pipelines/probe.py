@@ -395,7 +395,8 @@ def prepare_probe(cfg, run_dir: str) -> ProbePlan:
         listing, labels, source, hierarchy = planned.listing, planned.labels, planned.source, planned.hierarchy
         resumed_plan = False
     mcfg = cfg.model
-    model_kwargs = dict(name=mcfg.name, source=mcfg.source, weights=mcfg.weights, checkpoint=mcfg.checkpoint)
+    model_kwargs = dict(name=mcfg.name, source=mcfg.source, weights=mcfg.weights, checkpoint=mcfg.checkpoint,
+                        mean=mcfg.mean, std=mcfg.std)
     spec = build_model(**model_kwargs)
     if cfg.data.image_size:  # e.g. an exported graph whose spatial size is fixed
         spec.input_size = cfg.data.image_size

@@ -130,7 +130,7 @@ def _cmd_validate(args) -> int:
         from neuronscan.models import build_model, list_layers, resolve_layers
 
         spec = build_model(cfg.model.name, source=cfg.model.source, weights=cfg.model.weights,
-                           checkpoint=cfg.model.checkpoint)
+                           checkpoint=cfg.model.checkpoint, mean=cfg.model.mean, std=cfg.model.std)
         layers = resolve_layers(cfg.model.layers, [i.name for i in list_layers(spec)], model_name=cfg.model.name)
         print(f"model {cfg.model.name}: layers {', '.join(layers)}")
     print(f"{args.config}: OK")

@@ -21,7 +21,7 @@ def add_parsers(sub) -> dict:
 
     p = sub.add_parser("models", help="list registered models", formatter_class=FORMATTER,
                        description="List neuronscan's registered models. Any torchvision classification model "
-                       "name, timm/<name>, open_clip/<arch>, a TorchScript/torch.export file or a "
+                       "name, timm/<name>, open_clip/<arch>, a torch.export .pt2 file or a "
                        "package.module:function factory also works as model.name.",
                        epilog=examples("neuronscan models", "neuronscan models --torchvision"))
     p.add_argument("--torchvision", action="store_true", help="also list torchvision's classification models")
@@ -59,7 +59,7 @@ def _cmd_models(args) -> int:
         layers = f" (default layers: {', '.join(entry.default_layers)})" if entry.default_layers else ""
         print(f"  {name:<{width}}  {entry.description}{layers}")
     print("\nalso accepted as model.name: any torchvision classification model (e.g. resnet50, vit_b_16), "
-          "timm/<name>, open_clip/<arch>, a .ts/.pt2 file, or package.module:function.")
+          "timm/<name>, open_clip/<arch>, a torch.export .pt2 file, or package.module:function.")
     if args.torchvision:
         import torchvision
 

@@ -87,11 +87,25 @@ class ModelSection(_Section):
         "or 'random'. Default: the registry's default.",
     )
     checkpoint: str | None = Field(None, description="Local state-dict file, loaded with weights_only=True.")
+    mean: tuple[float, float, float] | None = Field(
+        None, description="Per-channel (R, G, B) input mean on the 0..1 pixel scale; default: the model's own "
+        "(its weights' transforms), else ImageNet's. Set it for a checkpoint, a .pt2 or a factory.",
+    )
+    std: tuple[float, float, float] | None = Field(
+        None, description="Per-channel (R, G, B) input std on the 0..1 pixel scale (each > 0); default as for mean.",
+    )
     layers: list[str] = Field(..., min_length=1, description="Layer names or globs (neuronscan layers MODEL).")
     reduce: list[Literal["mean", "max", "cls", "patch_mean"]] = Field(
         default_factory=lambda: ["mean"],
         description="Per-image statistic(s): conv maps mean/max; ViT tokens cls/patch_mean.",
     )
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, value: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
+        if value is not None and not all(v > 0 for v in value):
+            raise ValueError(f"every std must be > 0 (it divides the pixels), got {list(value)}")
+        return value
 
 
 class ClipSection(_Section):

@@ -68,8 +68,8 @@ def list_image_folder(
 
     Every regular file is listed, images or not, so that a non-image shows up later as a failed row
     instead of vanishing; so is a dangling symlink (common in symlinked dataset trees), which fails when
-    read with ``missing: broken symlink``. Hidden entries (any path component starting with ``.``: ``.DS_Store``, ``._x.jpg``,
-    ``.ipynb_checkpoints/``) are skipped. The class is the first folder under ``ROOT`` (files deeper inside
+    read with ``missing: broken symlink``. Hidden entries (any path component starting with ``.``:
+    ``.DS_Store``, ``._x.jpg``, ``.ipynb_checkpoints/``) are skipped. The class is the first folder under ``ROOT`` (files deeper inside
     it belong to it, as in torchvision's ``ImageFolder``); files directly under ``ROOT`` get no concept.
 
     Args:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from neuronscan.errors import ModelError
-from neuronscan.models._registry import ModelSpec, register_model
+from neuronscan.models._spec import ModelSpec, register_model
 
 
 @register_model(
@@ -41,7 +41,9 @@ class _TinyCNN(nn.Module):
         return self.fc(torch.flatten(self.pool(self.conv2(self.conv1(x))), 1))
 
 
-@register_model("tinycnn", description="two-conv random CNN (seeded) for smoke tests", default_layers=("conv1", "conv2"))
+@register_model("tinycnn", description="two-conv random CNN (seeded) for smoke tests",
+                default_layers=("conv1", "conv2"))
 def _tinycnn(weights: str | None = None) -> ModelSpec:
     torch.manual_seed(0)
-    return ModelSpec(_TinyCNN(), 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), name="tinycnn", source="builtin", weights="seeded")
+    return ModelSpec(_TinyCNN(), 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), name="tinycnn", source="builtin",
+                     weights="seeded")

@@ -78,7 +78,9 @@ class ActivationRecorder:
         bad = [s for s in self.reduce if s not in allowed]
         if bad:
             kind = "a conv map (B, C, H, W)" if rank == 3 else "tokens (B, T, D)"
-            raise ModelError(f"reduce {bad} does not apply to layer {layer!r}, which outputs {kind}; use {list(allowed)}")
+            raise ModelError(
+                f"reduce {bad} does not apply to layer {layer!r}, which outputs {kind}; use {list(allowed)}"
+            )
         if rank == 3:
             flat = out.flatten(2)  # (B, C, H*W)
             idx = flat.argmax(dim=-1)

@@ -6,7 +6,8 @@ A model is named in one of these ways (``model.source: auto`` picks by the name'
   ``IMAGENET1K_V2`` or ``DEFAULT``, or ``random``);
 - ``timm/<name>`` (when timm is installed) and ``open_clip/<arch>`` (the visual tower; ``model.weights`` is the
   open_clip ``pretrained`` tag);
-- a TorchScript file (``*.ts``, ``*.torchscript``) or a ``torch.export`` archive (``*.pt2``);
+- a ``torch.export`` archive (``*.pt2``). A TorchScript file (``*.ts``, ``*.torchscript``) is refused with a
+  message naming these alternatives: forward hooks do not fire inside a scripted module;
 - a factory ``package.module:function`` returning an ``nn.Module`` or a :class:`ModelSpec`.
 
 ``model.checkpoint`` loads a local state dict into the built model with ``torch.load(weights_only=True)``.
@@ -18,14 +19,16 @@ import difflib
 import fnmatch
 import importlib
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+# Importing the built-ins registers them; _builtin imports only _spec, so this is no cycle.
+import neuronscan.models._builtin  # noqa: F401
 from neuronscan.errors import ModelError
+from neuronscan.models._spec import IMAGENET_MEAN, IMAGENET_STD, LayerInfo, ModelSpec, _Entry, register_model
+from neuronscan.models._spec import REGISTRY as _REGISTRY
 
 __all__ = [
     "ModelSpec",
@@ -40,70 +43,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class ModelSpec:
-    """A model ready to probe: the module (eval mode) and the input it expects."""
-
-    module: nn.Module
-    input_size: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    name: str = ""
-    source: str = ""
-    weights: str | None = None
-    extra: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """A hookable module: its dotted name, type, output shape (without batch) and unit count."""
-
-    name: str
-    type: str
-    shape: tuple[int, ...]
-    n_units: int
-
-
-@dataclass(frozen=True)
-class _Entry:
-    name: str
-    builder: Callable[..., ModelSpec]
-    description: str
-    default_layers: tuple[str, ...]
-
-
-_REGISTRY: dict[str, _Entry] = {}
-
-
-def register_model(name: str, *, description: str = "", default_layers: tuple[str, ...] = ()):
-    """Register a builder ``fn(weights: str | None) -> ModelSpec`` under ``name``.
-
-    Example:
-        >>> @register_model("tiny", description="two convs")  # doctest: +SKIP
-        ... def _tiny(weights=None): return ModelSpec(nn.Sequential(nn.Conv2d(3, 4, 3)), input_size=32)
-    """
-
-    def deco(fn: Callable[..., ModelSpec]) -> Callable[..., ModelSpec]:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = _Entry(name, fn, description or (fn.__doc__ or "").strip().split("\n")[0], default_layers)
-        return fn
-
-    return deco
-
-
 def registered_models() -> dict[str, _Entry]:
-    _ensure_builtins()
+    """Every registered model (name → entry with its builder, description and default layers)."""
     return dict(_REGISTRY)
-
-
-def _ensure_builtins() -> None:
-    # Builtins register on import; imported lazily so `neuronscan --help` stays fast.
-    import neuronscan.models._builtin  # noqa: F401
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -139,7 +81,6 @@ def _apply_checkpoint(module: nn.Module, checkpoint: str | None) -> None:
 
 
 def _detect_source(name: str) -> str:
-    _ensure_builtins()
     if name in _REGISTRY:
         return "builtin"
     if name.startswith("timm/"):
@@ -189,7 +130,8 @@ def _torchvision(name: str, weights: str | None) -> ModelSpec:
         std = tuple(getattr(tf, "std", std))
     elif "vit" in name or "swin" in name:
         size = 224
-    return ModelSpec(module, size, mean, std, name=name, source="torchvision", weights=str(weights_obj) if weights_obj else "random")
+    return ModelSpec(module, size, mean, std, name=name, source="torchvision",
+                     weights=str(weights_obj) if weights_obj else "random")
 
 
 def _timm(name: str, weights: str | None) -> ModelSpec:
@@ -206,7 +148,8 @@ def _timm(name: str, weights: str | None) -> ModelSpec:
     cfg = getattr(module, "pretrained_cfg", {}) or {}
     size = int((cfg.get("input_size") or (3, 224, 224))[-1])
     return ModelSpec(
-        module, size, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)), name=name, source="timm",
+        module, size, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)), name=name,
+        source="timm",
         weights="pretrained" if pretrained else "random",
     )
 
@@ -244,14 +187,34 @@ def _factory(name: str, weights: str | None) -> ModelSpec:
     raise ModelError(f"factory {name!r} returned {type(out).__name__}; expected nn.Module or neuronscan ModelSpec")
 
 
+def _torchscript_refusal(name: str) -> str:
+    # torch.jit.load gives a ScriptModule whose submodules refuse forward hooks (NotImplementedError), and
+    # hooks on a scripted module's children never fire: no layer of a TorchScript model can be recorded.
+    missing = "" if Path(name).is_file() else " (and the file does not exist)"
+    return (
+        f"{name!r} is a TorchScript file{missing}; neuronscan cannot probe TorchScript models: their layers "
+        "run inside the compiled graph, where forward hooks do not fire. Give the model another way: "
+        "a torch.export archive (torch.export.save(torch.export.export(model, (torch.zeros(1, 3, 224, 224),)), "
+        "'model.pt2'); model.name: model.pt2), or a factory returning the nn.Module (model.name: "
+        "package.module:function). A .pt state dict goes in model.checkpoint with its architecture as model.name."
+    )
+
+
 def build_model(
     name: str,
     *,
     source: str = "auto",
     weights: str | None = None,
     checkpoint: str | None = None,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
 ) -> ModelSpec:
     """Build a model in eval mode from its name (see the module docstring for the accepted forms).
+
+    Args:
+        mean, std: per-channel input normalisation on the 0..1 pixel scale, replacing what the model's
+            source gives (its weights' transforms, else ImageNet's) — for a local checkpoint, a ``.pt2``
+            or a factory whose weights do not carry it.
 
     Raises:
         ModelError: unknown name (with close matches), weights not available, checkpoint mismatch.
@@ -259,7 +222,6 @@ def build_model(
     Example:
         >>> spec = build_model("resnet18", weights="random")  # doctest: +SKIP
     """
-    _ensure_builtins()
     if source == "auto":
         source = _detect_source(name)
     if source == "builtin":
@@ -273,9 +235,7 @@ def build_model(
     elif source == "open_clip":
         spec = _open_clip(name if name.startswith("open_clip/") else f"open_clip/{name}", weights)
     elif source == "torchscript":
-        if not Path(name).is_file():
-            raise ModelError(f"TorchScript file {name!r} does not exist")
-        spec = ModelSpec(torch.jit.load(name, map_location="cpu"), name=name, source="torchscript")
+        raise ModelError(_torchscript_refusal(name))
     elif source == "export":
         if not Path(name).is_file():
             raise ModelError(f"torch.export archive {name!r} does not exist")
@@ -289,6 +249,13 @@ def build_model(
     if source != "export":  # an exported graph is already frozen in the mode it was exported in
         spec.module.eval()
     spec.name = spec.name or name
+    for key, value in (("mean", mean), ("std", std)):
+        if value is not None:
+            value = tuple(float(v) for v in value)
+            if len(value) != 3 or (key == "std" and not all(v > 0 for v in value)):
+                raise ModelError(f"model.{key} must be 3 numbers (R, G, B){' > 0' if key == 'std' else ''}, "
+                                 f"got {list(value)}")
+            setattr(spec, key, value)
     return spec
 
 
@@ -305,7 +272,9 @@ def list_layers(spec: ModelSpec, *, device: str = "cpu") -> list[LayerInfo]:
         if not name:
             continue
 
-        def hook(_m, _inp, out, name=name, kind=type(sub).__name__):
+        kind = type(sub).__name__
+
+        def hook(_m, _inp, out, name=name, kind=kind):
             if isinstance(out, torch.Tensor) and out.dim() >= 2:
                 shapes[name] = (tuple(out.shape[1:]), kind)
 

@@ -89,3 +89,13 @@ def test_every_shipped_config_loads_and_says_how_to_run_it(path):
     first = path.read_text().splitlines()[0]
     assert first.startswith("# neuronscan "), f"{path.name} must start with a comment showing its command"
     load_config(path)
+
+
+def test_model_normalisation_is_checked():
+    cfg = config_from_dict({**MINIMAL, "model": {**MINIMAL["model"], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.5, 1]}})
+    assert cfg.model.mean == (0.5, 0.5, 0.5) and cfg.model.std == (0.25, 0.5, 1.0)
+    assert config_from_dict(MINIMAL).model.mean is None
+    for bad, key in (({"std": [0.2, 0, 0.2]}, "model.std"), ({"mean": [0.5, 0.5]}, "model.mean"),
+                     ({"std": ["x", 1, 1]}, "model.std")):
+        with pytest.raises(ConfigError, match=key):
+            config_from_dict({**MINIMAL, "model": {**MINIMAL["model"], **bad}})

@@ -33,6 +33,8 @@ def _imports(path: Path, root: Path) -> set[str]:
 
 
 def _modules(folder: Path) -> list[Path]:
+    if folder.is_file():
+        return [folder]
     return sorted(p for p in folder.rglob("*.py") if "__pycache__" not in p.parts)
 
 
@@ -83,3 +85,9 @@ def test_the_installed_package_ships_no_browser_helper():
 def test_importing_the_library_loads_no_pipeline(module):
     code = f"import sys, {module}; sys.exit(1 if any(m.split('.')[0] == 'pipelines' for m in sys.modules) else 0)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_the_builtin_models_and_the_registry_form_no_cycle():
+    assert _offenders(PACKAGE / "models" / "_builtin.py", ("neuronscan.models._registry",)) == []
+    spec = PACKAGE / "models" / "_spec.py"
+    assert _offenders(spec, ("neuronscan.models._registry", "neuronscan.models._builtin")) == []

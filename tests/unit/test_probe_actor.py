@@ -62,3 +62,13 @@ def test_read_only_batches_are_not_copied_or_written(actor):
     out = actor(batch)
     assert out["ok"].all()
     np.testing.assert_array_equal(batch["pixels"], before)
+
+
+def test_model_mean_and_std_reach_the_actors_normalisation(tmp_path):
+    model = {"name": "tinycnn", "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+    probe = ActivationProbe(model=model, layers=["conv2"], reduce=["max"], out=str(tmp_path), topk=3)
+    pixels = np.full((1, 8, 8, 3), 191, dtype=np.uint8)
+    x = probe.torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
+    normalised = (x - probe.mean) / probe.std
+    # (191 - 127.5) / 63.75 = 0.996...: the configured mean/std on the 0..255 scale, not ImageNet's
+    np.testing.assert_allclose(normalised.numpy(), (191 - 127.5) / 63.75, rtol=1e-6)
