@@ -1,19 +1,21 @@
 """Offline checks of k8s/: KubeRay objects against the pinned CRDs, kustomize wiring, and secrets.
 
 The Ray objects (RayCluster, RayJob, RayCronJob) are validated against the openAPIV3Schema of the
-pinned KubeRay v1.7.0 CRDs vendored in ``k8s/crds/`` (or a folder named by
-``NEURONSCAN_KUBERAY_CRDS``), made strict: an unknown field anywhere is an error, as it would be
-for ``kubectl apply --validate=strict``. Each kustomize target (base and overlays) is composed by a
-small builder that understands exactly the kustomize features k8s/ uses (resources, JSON 6902 and
-``$patch: delete`` patches, ConfigMap generators, namespace, images); the built objects are checked
-for what the operator and the audit need: resolved images, existing references, a config that
-fits the cluster, entrypoints that survive KubeRay's submitter shell, and nightly runs that
-cannot overlap.
+pinned KubeRay v1.7.0 CRDs that the repository vendors in ``k8s/crds/`` (``NEURONSCAN_KUBERAY_CRDS``
+names another folder to check against instead), made strict: an unknown field anywhere is an error,
+as it would be for ``kubectl apply --validate=strict``. The vendored files are checked to be
+KubeRay v1.7.0's own, byte for byte, and to stay out of every kustomization. Each kustomize target
+(base and overlays) is composed by a small builder that understands exactly the kustomize features
+k8s/ uses (resources, JSON 6902 and ``$patch: delete`` patches, ConfigMap generators, namespace,
+images); the built objects are checked for what the operator and the audit need: resolved images,
+existing references, a config that fits the cluster, entrypoints that survive KubeRay's submitter
+shell, and nightly runs that cannot overlap.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import re
 import shlex
@@ -34,6 +36,18 @@ RAY_KINDS = {"RayCluster": "rayclusters", "RayJob": "rayjobs", "RayCronJob": "ra
 # Placeholders that a kustomization's `images:` must replace before anything is applied.
 PLACEHOLDER_IMAGES = {"neuronscan", "kubectl"}
 NIGHTLY_KINDS = ("RayCronJob", "RayJob template")
+# The CRDs the tests validate against, vendored unchanged from KubeRay v1.7.0 (k8s/crds/README.md).
+# Not manifests: no kustomization reads them; on a cluster the operator's Helm chart installs the CRDs.
+VENDORED_CRDS = K8S / "crds"
+# Git blob ids of the upstream files at tag v1.7.0: `git ls-tree v1.7.0 LICENSE ray-operator/config/crd/bases/`
+# in a KubeRay checkout. A refresh replaces the files and these ids together.
+KUBERAY_VERSION = "v1.7.0"
+KUBERAY_BLOBS = {
+    "LICENSE": "1dcfa84a3fb6aae76a0fb0890ba330d3296c913d",
+    "ray.io_rayclusters.yaml": "ff0be58ada3bd457605eff1f258c16df21e61e21",
+    "ray.io_rayjobs.yaml": "c7d3f081af8cf08c256a8c33a0c3b6ea28b816a0",
+    "ray.io_raycronjobs.yaml": "bc8375d655b433333d8be5848e9caf28e0576b7b",
+}
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -50,7 +64,7 @@ def _docs(path: Path) -> list[Any]:
 
 def _crd_dir() -> Path:
     override = os.environ.get("NEURONSCAN_KUBERAY_CRDS")
-    return Path(override) if override else REPO_ROOT / "k8s" / "crds"
+    return Path(override) if override else VENDORED_CRDS
 
 
 @cache
@@ -61,9 +75,11 @@ def _crd_schemas() -> dict[str, dict]:
     for kind, plural in RAY_KINDS.items():
         path = folder / f"ray.io_{plural}.yaml"
         if not path.is_file():
+            where = "NEURONSCAN_KUBERAY_CRDS" if os.environ.get("NEURONSCAN_KUBERAY_CRDS") else "k8s/crds/"
             pytest.fail(
-                f"pinned KubeRay CRD {path} not found: the repository vendors ray.io_{{rayclusters,rayjobs,"
-                f"raycronjobs}}.yaml (KubeRay v1.7.0) in k8s/crds/ (see k8s/crds/README.md to refresh them)."
+                f"pinned KubeRay CRD {path} not found in {where}: the repository vendors ray.io_{{rayclusters,"
+                f"rayjobs,raycronjobs}}.yaml of KubeRay {KUBERAY_VERSION} in k8s/crds/ (k8s/crds/README.md says "
+                f"how to restore or refresh them)."
             )
         (crd,) = _docs(path)
         assert crd["spec"]["names"]["kind"] == kind, f"{path} defines {crd['spec']['names']['kind']}, not {kind}"
@@ -772,12 +788,42 @@ def test_pinned_crds_are_found_and_strictness_applies_throughout():
     assert params["additionalProperties"] == {"type": "string"}
 
 
+def _git_blob_id(path: Path) -> str:
+    """What `git hash-object` prints for a file: sha1 over "blob <size>\\0" and the bytes."""
+    data = path.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def test_vendored_crds_are_kuberays_own_files_unchanged():
+    """k8s/crds/ holds KubeRay v1.7.0's CRDs and LICENSE, byte for byte (whatever NEURONSCAN_KUBERAY_CRDS says)."""
+    for name, blob in KUBERAY_BLOBS.items():
+        path = VENDORED_CRDS / name
+        assert path.is_file(), f"k8s/crds/{name} is missing: the manifest tests need the vendored CRDs"
+        found = _git_blob_id(path)
+        assert found == blob, (
+            f"k8s/crds/{name} is not KubeRay {KUBERAY_VERSION}'s file (git blob {found}, upstream {blob}); "
+            f"copy it again as k8s/crds/README.md says, or update KUBERAY_BLOBS with a refresh"
+        )
+    extra = {p.name for p in VENDORED_CRDS.iterdir()} - set(KUBERAY_BLOBS) - {"README.md"}
+    assert not extra, f"k8s/crds/ holds files this test does not know: {sorted(extra)}"
+    readme = (VENDORED_CRDS / "README.md").read_text()
+    assert KUBERAY_VERSION in readme and "ray-operator/config/crd/bases/" in readme, "k8s/crds/README.md: source"
+
+
+def test_vendored_crds_are_never_applied_by_kustomize():
+    crds = VENDORED_CRDS.resolve()
+    assert not list(crds.rglob("kustomization.y*ml")), "k8s/crds/ must not be a kustomize target"
+    used = [str(p.relative_to(K8S)) for p in _kustomize_inputs() if p.is_relative_to(crds)]
+    assert not used, f"a kustomization reads the vendored CRDs (the operator's Helm chart installs them): {used}"
+
+
 def test_every_yaml_file_under_k8s_parses_and_is_used_by_a_kustomization():
     roles = _kustomize_inputs()
-    # k8s/crds/ holds the vendored CRDs the tests validate against; the operator installs the real ones.
-    crds = (K8S / "crds").resolve()
-    files = sorted(p.resolve() for p in K8S.rglob("*") if p.suffix in (".yaml", ".yml")
-                   and not p.resolve().is_relative_to(crds))
+    # k8s/crds/ holds the vendored CRDs (data for these tests, never applied), not manifests.
+    crds = VENDORED_CRDS.resolve()
+    files = sorted(
+        p.resolve() for p in K8S.rglob("*") if p.suffix in (".yaml", ".yml") and not p.resolve().is_relative_to(crds)
+    )
     assert files, "k8s/ has no YAML"
     for path in files:
         _docs(path)  # raises on a syntax error, naming the file
