@@ -60,13 +60,15 @@ class DataSection(_Section):
     shapes_world: ShapesWorldSection | None = None
     labels: str | None = Field(None, description="labels.parquet (image_id, concept); adds to labels from the source.")
     hierarchy: str | None = Field(None, description="hierarchy.parquet or YAML of (concept, parent) edges.")
-    image_size: int | None = Field(None, ge=8, le=4096, description="Side of the square model input; default: the model's.")
+    image_size: int | None = Field(
+        None, ge=8, le=4096, description="Side of the square model input; default: the model's."
+    )
     resize: Literal["shorter_center_crop", "stretch"] = "shorter_center_crop"
     max_pixels: int = Field(89_478_485, ge=1, description="Images with more pixels fail as decompression bombs.")
     limit: int | None = Field(None, ge=1, description="Probe only the first N inputs (for quick looks).")
 
     @model_validator(mode="after")
-    def _one_source(self) -> "DataSection":
+    def _one_source(self) -> DataSection:
         given = [k for k in ("folder", "manifest", "shapes_world") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
@@ -129,7 +131,8 @@ class ProbeSection(_Section):
     cpus_per_actor: float = Field(0.5, gt=0, description="Fractional CPUs keep 2-core machines from deadlocking.")
     decode_cpus: float = Field(0.5, gt=0, description="CPUs per decode task.")
     decode_tasks: int | None = Field(
-        None, ge=1, description="Cap on decode tasks in flight; default: no cap (Ray Data schedules them on free CPUs). "
+        None, ge=1,
+        description="Cap on decode tasks in flight; default: no cap (Ray Data schedules them on free CPUs). "
                     "On CPU-only actors with decode_cpus == cpus_per_actor a cap equal to num_actors is raised by "
                     "one, so that decoding stays a separate stage.",
     )
@@ -193,12 +196,16 @@ class ScoreSection(_Section):
     units_per_shard: int = Field(64, ge=1, description="Units per Ray scoring task (memory ~ N x shard x 8 bytes).")
     cpus_per_task: float = Field(1.0, gt=0)
     n_perm: int = Field(1000, ge=0, description="Permutations per tested pair; 0 turns permutation tests off.")
-    perm_top: int = Field(3, ge=0, description="Permutation-test each unit's top concepts (plus every pair with q <= alpha).")
+    perm_top: int = Field(
+        3, ge=0, description="Permutation-test each unit's top concepts (plus every pair with q <= alpha)."
+    )
     perm_max_pairs: int = Field(200_000, ge=0, description="Cap on permutation-tested pairs per run.")
     seed: int = 0
     min_auc: float = Field(0.75, ge=0.5, le=1, description="AUC a concept needs to count toward multimodal units.")
     compositional: CompositionalSection = Field(default_factory=CompositionalSection)
-    spurious_concepts: list[str] = Field(default_factory=list, description="Concepts flagged when a unit aligns to them.")
+    spurious_concepts: list[str] = Field(
+        default_factory=list, description="Concepts flagged when a unit aligns to them (q <= alpha, AUC >= min_auc)."
+    )
 
 
 class DiffSection(_Section):
