@@ -214,3 +214,20 @@ def test_diff_and_registry_never_import_ray():
     code = "import sys, neuronscan.diff, neuronscan.registry; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_n_significant_means_what_neurons_parquet_means(runs):
+    """The diff's per-unit n_significant counts the score stage's significant pairs (q <= alpha, AUC > 1/2);
+    the aligned count (AUC >= min_auc too) is the one gained and lost concepts come from."""
+    a, b, _ = runs
+    units = diff_runs(str(a), str(b)).units.set_index(["layer", "unit"])
+    for tag, run in (("a", a), ("b", b)):
+        neurons = pd.read_parquet(run / "neurons.parquet").set_index(["layer", "unit"])
+        assert (units[f"n_significant_{tag}"] == neurons.loc[units.index, "n_significant"]).all()
+        pairs = pd.read_parquet(run / "neuron_concepts.parquet")
+        aligned = pairs[(pairs["q_value"] <= 0.05) & (pairs["auc"] >= 0.75)].groupby(["layer", "unit"]).size()
+        assert (units[f"n_aligned_{tag}"] == aligned.reindex(units.index, fill_value=0)).all()
+    assert (units["n_aligned_b"] <= units["n_significant_b"]).all()
+    strict = diff_runs(str(a), str(b), min_auc=0.99).units  # min_auc moves the aligned bar only
+    assert (strict["n_aligned_b"] == 0).all() and (strict["n_significant_b"] == units["n_significant_b"].values).all()
+    assert units["n_significant_b"].sum() > 0
