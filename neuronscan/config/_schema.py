@@ -90,11 +90,13 @@ class ModelSection(_Section):
     )
     checkpoint: str | None = Field(None, description="Local state-dict file, loaded with weights_only=True.")
     mean: tuple[float, float, float] | None = Field(
-        None, description="Per-channel (R, G, B) input mean on the 0..1 pixel scale; default: the model's own "
-        "(its weights' transforms), else ImageNet's. Set it for a checkpoint, a .pt2 or a factory.",
+        None, description="Per-channel (R, G, B) input mean on the 0..1 pixel scale, like torchvision's "
+        "[0.485, 0.456, 0.406]; default: the model's own (its weights' transforms), else ImageNet's. Set it for "
+        "a checkpoint, a .pt2 or a factory. mean and std are independent: either may be set alone.",
     )
     std: tuple[float, float, float] | None = Field(
-        None, description="Per-channel (R, G, B) input std on the 0..1 pixel scale (each > 0); default as for mean.",
+        None, description="Per-channel (R, G, B) input std on the 0..1 pixel scale (each in (0, 1]), like "
+        "torchvision's [0.229, 0.224, 0.225]; default as for mean. The input side is data.image_size.",
     )
     layers: list[str] = Field(..., min_length=1, description="Layer names or globs (neuronscan layers MODEL).")
     reduce: list[Literal["mean", "max", "cls", "patch_mean"]] = Field(
@@ -102,12 +104,28 @@ class ModelSection(_Section):
         description="Per-image statistic(s): conv maps mean/max; ViT tokens cls/patch_mean.",
     )
 
-    @field_validator("std")
+    @field_validator("mean", "std", mode="before")
     @classmethod
-    def _positive_std(cls, value: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
-        if value is not None and not all(v > 0 for v in value):
-            raise ValueError(f"every std must be > 0 (it divides the pixels), got {list(value)}")
-        return value
+    def _normalisation(cls, value, info):
+        """Three finite numbers on the 0..1 pixel scale (std > 0), with a hint for 0..255 values."""
+        if value is None:
+            return value
+        key = info.field_name
+        example = "[0.485, 0.456, 0.406]" if key == "mean" else "[0.229, 0.224, 0.225]"
+        try:  # numbers, or strings of numbers (YAML reads 1e-3 as a string)
+            if not isinstance(value, (list, tuple)) or len(value) != 3 or any(isinstance(v, bool) for v in value):
+                raise TypeError
+            numbers = [float(v) for v in value]
+        except (TypeError, ValueError):
+            raise ValueError(f"must be 3 numbers (R, G, B) on the 0..1 pixel scale, e.g. {example}") from None
+        if not all(-float("inf") < v < float("inf") for v in numbers):  # NaN fails every comparison
+            raise ValueError("must be finite numbers")
+        if key == "std" and not all(v > 0 for v in numbers):
+            raise ValueError("every std must be > 0 (it divides the pixels)")
+        if any(v < 0 or v > 1 for v in numbers):
+            hint = "; these look like 0..255 values: divide them by 255" if max(numbers) > 1 else ""
+            raise ValueError(f"must be on the 0..1 pixel scale, e.g. {example}{hint}")
+        return tuple(numbers)
 
 
 class ClipSection(_Section):

@@ -36,7 +36,8 @@ class DecodeError(Exception):
         reason: short machine-friendly tag, one of ``empty_file``, ``missing``, ``not_an_image``,
             ``truncated``, ``corrupt``, ``too_many_pixels``, ``unsupported_mode``, ``unsupported_format``,
             ``degenerate_size``, ``out_of_memory`` (decoding) or ``not_a_file``, ``permission_denied``,
-            ``read_error`` (reading, see `neuronscan.data.read_blob`).
+            ``read_error`` (reading, see `neuronscan.data.read_blob`; a dangling or looping symlink is
+            ``missing: broken symlink: <path> -> <target> ...``).
         message: what went wrong, for a human.
 
     Example:

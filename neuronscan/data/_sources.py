@@ -10,7 +10,9 @@ A listing is a DataFrame with the columns of `LISTING_SCHEMA`:
 
 from __future__ import annotations
 
+import errno
 import io
+import logging
 import math
 import os
 import posixpath
@@ -57,6 +59,8 @@ _MANIFEST_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".j
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
 _USERINFO = re.compile(r"(?<=//)[^/@\s]+@")
 
+log = logging.getLogger(__name__)
+
 
 def list_image_folder(
     root: str | os.PathLike,
@@ -67,10 +71,16 @@ def list_image_folder(
     """List an ImageNet-layout folder ``ROOT/<class>/<file>`` as probe inputs.
 
     Every regular file is listed, images or not, so that a non-image shows up later as a failed row
-    instead of vanishing; so is a dangling symlink (common in symlinked dataset trees), which fails when
-    read with ``missing: broken symlink``. Hidden entries (any path component starting with ``.``:
-    ``.DS_Store``, ``._x.jpg``, ``.ipynb_checkpoints/``) are skipped. The class is the first folder under ``ROOT`` (files deeper inside
-    it belong to it, as in torchvision's ``ImageFolder``); files directly under ``ROOT`` get no concept.
+    instead of vanishing. Hidden entries (any path component starting with ``.``: ``.DS_Store``,
+    ``._x.jpg``, ``.ipynb_checkpoints/``) are skipped. The class is the first folder under ``ROOT`` (files
+    deeper inside it belong to it, as in torchvision's ``ImageFolder``); files directly under ``ROOT`` get no
+    concept.
+
+    Symlinked dataset trees (local folders): a symlink to a file is listed like the file, under the link's
+    own path and class; a dangling symlink, or one that loops, is listed too (it is an input) and fails when
+    read with ``missing: broken symlink: <path> -> <target> ...``; a symlink to a folder is followed, as
+    ``ImageFolder`` does, unless it points to that folder itself or to one it sits inside (a loop: its files
+    are already listed through the real path; a warning names it). Sockets, FIFOs and devices are skipped.
 
     Args:
         root: local path or fsspec URI (``s3://bucket/prefix``).
@@ -112,12 +122,12 @@ def list_image_folder(
 
     wanted = _normalise_extensions(extensions)
     base = root_path.rstrip("/")
+    if isinstance(fs, LocalFileSystem):
+        candidates = _walk_local_folder(base or "/")
+    else:
+        candidates = _walk_filesystem(fs, root_path, base)
     relpaths = []
-    for name, info in fs.find(root_path, withdirs=False, detail=True).items():
-        dangling = info.get("islink") and info.get("type") == "other"
-        if (info.get("type") != "file" and not dangling) or name.endswith("/") or not name.startswith(base + "/"):
-            continue
-        rel = name[len(base) + 1 :]
+    for rel in candidates:
         if any(part.startswith(".") for part in rel.split("/")):
             continue
         if wanted is not None and posixpath.splitext(rel)[1].lower() not in wanted:
@@ -132,6 +142,80 @@ def list_image_folder(
     return _listing_frame(
         np.arange(len(relpaths), dtype=np.int64), [f"{prefix}/{rel}" for rel in relpaths], concepts
     )
+
+
+def _walk_filesystem(fs: fsspec.AbstractFileSystem, root_path: str, base: str) -> list[str]:
+    """Relative paths of every file under ``root_path`` on any fsspec filesystem (object stores have no links)."""
+    relpaths = []
+    for name, info in fs.find(root_path, withdirs=False, detail=True).items():
+        is_link = bool(info.get("islink")) and info.get("type") != "directory"
+        if (info.get("type") != "file" and not is_link) or name.endswith("/") or not name.startswith(base + "/"):
+            continue
+        relpaths.append(name[len(base) + 1 :])
+    return relpaths
+
+
+def _walk_local_folder(base: str) -> list[str]:
+    """Relative paths of the inputs under a local folder: files and symlinks that are not folders.
+
+    Symlinked folders are followed unless they point to the folder they sit in or one above it (compared by
+    device and inode, the folders above ``base`` included), so a link to ``..`` or ``/`` ends the walk there.
+    Hidden entries are pruned; unreadable sub-folders are skipped with a warning, as fsspec's ``find`` omits them.
+    """
+    above: set[tuple[int, int]] = set()
+    folder = os.path.realpath(base)
+    while True:
+        try:
+            st = os.stat(folder)
+            above.add((st.st_dev, st.st_ino))
+        except OSError:
+            pass
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+
+    relpaths: list[str] = []
+    stack: list[tuple[str, str, frozenset[tuple[int, int]]]] = [(base, "", frozenset(above))]
+    while stack:
+        folder, rel, inside = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as exc:
+            log.warning("image folder: skipping %r, which cannot be listed: %s", folder, exc)
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            child = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                is_dir = entry.is_dir()  # follows a symlink; False for a dangling or looping one
+            except OSError:
+                is_dir = False
+            if is_dir:
+                try:
+                    st = entry.stat()
+                except OSError:
+                    continue
+                key = (st.st_dev, st.st_ino)
+                if key in inside:
+                    log.warning(
+                        "image folder: not following %r -> %r, a symlink to a folder it is inside (a loop)",
+                        entry.path, _readlink(entry.path),
+                    )
+                    continue
+                stack.append((entry.path, child, inside | {key}))
+            elif entry.is_symlink() or entry.is_file():
+                relpaths.append(child)
+    return relpaths
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
 
 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
@@ -267,7 +351,8 @@ def read_blob(uri: str, filesystem_cache: MutableMapping[str, fsspec.AbstractFil
         The file content.
 
     Raises:
-        DecodeError: ``missing`` (no uri, file or key not found), ``not_a_file`` (a folder),
+        DecodeError: ``missing`` (no uri, file or key not found, a dangling or looping symlink: ``missing:
+            broken symlink: <path> -> <target> does not exist``), ``not_a_file`` (a folder),
             ``permission_denied``, or ``read_error`` (anything else, e.g. an unknown protocol). The message
             names the URI with any credentials (``user:secret@``, a signed query string) removed.
 
@@ -293,13 +378,13 @@ def read_blob(uri: str, filesystem_cache: MutableMapping[str, fsspec.AbstractFil
     except IsADirectoryError as exc:
         raise DecodeError("not_a_file", f"{shown!r} is a folder, not a file") from exc
     except FileNotFoundError as exc:
-        if "://" not in uri and os.path.islink(uri):
-            target = os.readlink(uri)
-            raise DecodeError("missing", f"broken symlink: {shown!r} -> {target!r} does not exist") from exc
-        raise DecodeError("missing", f"{shown!r} does not exist") from exc
+        raise (_broken_symlink(uri, shown) or DecodeError("missing", f"{shown!r} does not exist")) from exc
     except PermissionError as exc:
         raise DecodeError("permission_denied", f"{shown!r}: {_redact_text(str(exc), uri, shown)}") from exc
     except Exception as exc:  # noqa: BLE001 - a read failure is a failed row, never a crashed batch
+        broken = _broken_symlink(uri, shown) if isinstance(exc, OSError) and exc.errno == errno.ELOOP else None
+        if broken is not None:
+            raise broken from exc
         if _is_missing_key(exc):
             raise DecodeError("missing", f"{shown!r} does not exist") from exc
         message = _redact_text(str(exc), uri, shown)
@@ -312,6 +397,26 @@ def redact_uri(uri: str) -> str:
     if shown.startswith(("http://", "https://")) and "?" in shown:
         shown = shown.split("?", 1)[0] + "?<redacted>"
     return shown
+
+
+def _broken_symlink(uri: str, shown: str) -> DecodeError | None:
+    """``missing: broken symlink: …`` for a local path that is a symlink whose target cannot be reached, else None."""
+    if fsspec.utils.get_protocol(uri) not in ("file", "local") or "::" in uri:
+        return None
+    path = LocalFileSystem._strip_protocol(uri)
+    target = "?"
+    try:
+        if not os.path.islink(path):
+            return None
+        target = os.readlink(path)
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return DecodeError("missing", f"broken symlink: {shown!r} -> {target!r} is a symlink loop")
+        if exc.errno == errno.ENOENT and os.path.islink(path):
+            return DecodeError("missing", f"broken symlink: {shown!r} -> {target!r} does not exist")
+        return None
+    return None  # the link resolves (the file appeared since the read failed): no link to blame
 
 
 def _redact_text(text: str, uri: str, shown: str) -> str:

@@ -36,7 +36,9 @@ class ActivationRecorder:
 
     Example:
         >>> rec = ActivationRecorder(model, ["layer4"], ["mean", "max"])  # doctest: +SKIP
-        >>> outs = rec(images)  # {"layer4:mean": (values, locations), "layer4:max": ...}
+        >>> outs = rec(images)  # doctest: +SKIP
+
+        ``outs`` maps ``"layer4:mean"`` and ``"layer4:max"`` to ``(values, locations)``.
     """
 
     def __init__(self, module: nn.Module, layers: list[str], reduce: list[str]):

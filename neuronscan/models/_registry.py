@@ -90,7 +90,9 @@ def _detect_source(name: str) -> str:
     lower = name.lower()
     if lower.endswith(".pt2"):
         return "export"
-    if lower.endswith((".ts", ".torchscript", ".jit", ".pt")) and Path(name).exists():
+    # .ts/.torchscript name TorchScript whether or not the file is there (the refusal says what to give
+    # instead); .jit/.pt only when the file exists, since a .pt is more often a state dict.
+    if lower.endswith((".ts", ".torchscript")) or (lower.endswith((".jit", ".pt")) and Path(name).exists()):
         return "torchscript"
     if ":" in name and "/" not in name.split(":", 1)[1]:
         return "factory"
@@ -188,8 +190,10 @@ def _factory(name: str, weights: str | None) -> ModelSpec:
 
 
 def _torchscript_refusal(name: str) -> str:
-    # torch.jit.load gives a ScriptModule whose submodules refuse forward hooks (NotImplementedError), and
-    # hooks on a scripted module's children never fire: no layer of a TorchScript model can be recorded.
+    # torch.jit.load gives a RecursiveScriptModule: register_forward_hook on it or on any of its submodules
+    # raises "RuntimeError: register_forward_hook is not supported on ScriptModules" (torch 2.14, scripted and
+    # traced alike). Converting it (torch._export.converter.TS2EPConverter) inlines the submodules' calls into
+    # one flat graph, so hooks on the unflattened layers never fire either: no layer could be recorded.
     missing = "" if Path(name).is_file() else " (and the file does not exist)"
     return (
         f"{name!r} is a TorchScript file{missing}; neuronscan cannot probe TorchScript models: their layers "
@@ -198,6 +202,19 @@ def _torchscript_refusal(name: str) -> str:
         "'model.pt2'); model.name: model.pt2), or a factory returning the nn.Module (model.name: "
         "package.module:function). A .pt state dict goes in model.checkpoint with its architecture as model.name."
     )
+
+
+def _normalisation(key: str, value) -> tuple[float, float, float]:
+    """``mean``/``std`` as 3 finite floats (std > 0), or a ModelError saying what is expected."""
+    try:
+        numbers = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        numbers = ()
+    finite = all(-float("inf") < v < float("inf") for v in numbers)  # NaN fails every comparison
+    if len(numbers) != 3 or not finite or (key == "std" and not all(v > 0 for v in numbers)):
+        raise ModelError(f"model.{key} must be 3 finite numbers (R, G, B){' > 0' if key == 'std' else ''} "
+                         f"on the 0..1 pixel scale, got {value!r}")
+    return numbers
 
 
 def build_model(
@@ -251,11 +268,7 @@ def build_model(
     spec.name = spec.name or name
     for key, value in (("mean", mean), ("std", std)):
         if value is not None:
-            value = tuple(float(v) for v in value)
-            if len(value) != 3 or (key == "std" and not all(v > 0 for v in value)):
-                raise ModelError(f"model.{key} must be 3 numbers (R, G, B){' > 0' if key == 'std' else ''}, "
-                                 f"got {list(value)}")
-            setattr(spec, key, value)
+            setattr(spec, key, _normalisation(key, value))
     return spec
 
 

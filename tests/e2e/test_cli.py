@@ -69,6 +69,23 @@ def test_missing_image_folder(tmp_path):
     assert_clean_error(ns("run", cfg), "data.folder", "does not exist")
 
 
+def test_torchscript_model_is_refused_with_the_alternatives(tmp_path):
+    import torch
+
+    from neuronscan.models import build_model
+
+    model = tmp_path / "tiny.ts"
+    torch.jit.script(build_model("tinycnn").module).save(str(model))
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    (tmp_path / "imgs" / "a" / "x.png").write_bytes(b"not read: the model is refused first")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {{folder: {tmp_path / 'imgs'}}}\nmodel: {{name: {model}, layers: [conv1]}}\n"
+                   f"run: {{out: {tmp_path / 'runs'}}}\n")
+    for proc in (ns("layers", model), ns("run", cfg)):
+        assert_clean_error(proc, "is a TorchScript file", "cannot probe TorchScript", ".pt2", "package.module:function")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.parquet"))
+
+
 def test_empty_labels_file(tmp_path):
     labels = tmp_path / "labels.parquet"
     pq.write_table(pa.table({"image_id": pa.array([], pa.int64()), "concept": pa.array([], pa.string())}), labels)

@@ -175,3 +175,27 @@ def test_resume_after_killed_run(ray_local, tmp_path):
 
 def _all_failed_commits(commits: Path) -> set[str]:
     return {p.stem for p in commits.glob("*.parquet") if (pd.read_parquet(p)["status"] != "ok").all()}
+
+
+def test_symlinked_tree_dangling_link_fails_and_every_input_is_accounted_for(ray_local, tmp_path):
+    from PIL import Image
+
+    images, elsewhere = tmp_path / "images", tmp_path / "elsewhere"
+    for folder, name, colour in ((images / "red", "r.png", (220, 20, 20)), (elsewhere, "b.png", (20, 20, 220))):
+        folder.mkdir(parents=True)
+        Image.new("RGB", (40, 30), colour).save(folder / name)
+    (images / "red" / "dangling.jpg").symlink_to(tmp_path / "gone" / "dangling.jpg")
+    (images / "red" / "link.png").symlink_to(images / "red" / "r.png")  # a link to a good image reads through
+    (images / "red" / "up").symlink_to("..")  # a folder loop: not followed, its files are listed already
+    (images / "blue").symlink_to(elsewhere)  # a symlinked class folder is followed
+    summary = run_probe(_cfg({"folder": str(images)}, tmp_path), str(tmp_path / "run"))
+    table = pd.read_parquet(tmp_path / "run" / "images.parquet")
+    table["relpath"] = table["uri"].map(lambda u: str(Path(u).relative_to(images)))
+    assert sorted(table["relpath"]) == ["blue/b.png", "red/dangling.jpg", "red/link.png", "red/r.png"]
+    assert summary.n_ok + summary.n_failed == summary.n_inputs == len(table) == 4
+    assert (summary.n_ok, summary.n_failed) == (3, 1)
+    (error,) = table.loc[table["status"] == "failed", "error"]
+    assert error == (f"missing: broken symlink: '{images}/red/dangling.jpg' -> '{tmp_path}/gone/dangling.jpg' "
+                     "does not exist")
+    assert table.loc[table["relpath"] == "red/dangling.jpg", "status"].item() == "failed"
+    assert summary.failures == {"missing": 1}

@@ -99,3 +99,26 @@ def test_model_normalisation_is_checked():
                      ({"std": ["x", 1, 1]}, "model.std")):
         with pytest.raises(ConfigError, match=key):
             config_from_dict({**MINIMAL, "model": {**MINIMAL["model"], **bad}})
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"mean": [0.5, 0.5]}, "model.mean: Value error, must be 3 numbers (R, G, B) on the 0..1 pixel scale, "
+                           "e.g. [0.485, 0.456, 0.406] (got [0.5, 0.5])"),
+    ({"mean": 0.5}, "model.mean: Value error, must be 3 numbers (R, G, B)"),
+    ({"std": [True, 1, 1]}, "model.std: Value error, must be 3 numbers (R, G, B)"),
+    ({"std": [0.2, -0.1, 0.2]}, "model.std: Value error, every std must be > 0 (it divides the pixels)"),
+    ({"mean": [float("nan"), 0.4, 0.4]}, "model.mean: Value error, must be finite numbers"),
+    ({"mean": [123.675, 116.28, 103.53]}, "these look like 0..255 values: divide them by 255"),
+    ({"std": [58.395, 57.12, 57.375]}, "model.std: Value error, must be on the 0..1 pixel scale"),
+])
+def test_model_normalisation_messages_say_what_is_expected(extra, message):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({**MINIMAL, "model": {**MINIMAL["model"], **extra}})
+    assert message in str(info.value)
+
+
+def test_model_mean_and_std_are_independent_and_accept_yaml_strings():
+    cfg = config_from_dict({**MINIMAL, "model": {**MINIMAL["model"], "std": ["1e-1", 0.2, 1]}})
+    assert (cfg.model.mean, cfg.model.std) == (None, (0.1, 0.2, 1.0))
+    cfg = config_from_dict({**MINIMAL, "model": {**MINIMAL["model"], "mean": [0, 1, 0.5]}})
+    assert (cfg.model.mean, cfg.model.std) == ((0.0, 1.0, 0.5), None)

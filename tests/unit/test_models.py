@@ -116,19 +116,19 @@ def test_factory_and_torchscript(tmp_path):
     scripted = torch.jit.script(spec.module)
     path = tmp_path / "tiny.ts"
     scripted.save(str(path))
-    # Why TorchScript is refused: a ScriptModule's layers either refuse hooks or never fire them.
-    fired = []
-    for module in (torch.jit.load(str(path)), scripted):
-        for _, layer in list(module.named_modules())[1:]:
-            try:
-                layer.register_forward_hook(lambda *a: fired.append(1))
-            except (NotImplementedError, RuntimeError):
-                continue
-        module(torch.ones(1, 3, 32, 32))
-    assert fired == []
-    for name in (str(path), str(tmp_path / "missing.ts")):
-        with pytest.raises(ModelError, match=r"cannot probe TorchScript.*\.pt2.*package\.module:function"):
-            build_model(name, source="torchscript" if "missing" in name else "auto")
+    # Why TorchScript is refused: torch refuses forward hooks on a loaded TorchScript file (scripted or traced)
+    # and on each of its layers. If this ever stops failing, TorchScript models could be probed.
+    torch.jit.trace(spec.module, torch.ones(1, 3, 32, 32)).save(str(tmp_path / "traced.ts"))
+    for module in (torch.jit.load(str(path)), torch.jit.load(str(tmp_path / "traced.ts")), scripted):
+        for _, layer in module.named_modules():
+            with pytest.raises(RuntimeError, match="register_forward_hook is not supported on ScriptModules"):
+                layer.register_forward_hook(lambda *a: None)
+    for name in (str(path), str(tmp_path / "missing.ts"), str(tmp_path / "missing.torchscript")):
+        with pytest.raises(ModelError, match=r"cannot probe TorchScript.*\.pt2.*package\.module:function") as info:
+            build_model(name)  # source auto: a .ts name is TorchScript even when the file is not there
+        assert ("does not exist" in str(info.value)) == ("missing" in name)
+    with pytest.raises(ModelError, match="cannot probe TorchScript"):
+        build_model(str(tmp_path / "missing.jit"), source="torchscript")
 
 
 def test_timm_open_clip_and_export_sources(tmp_path):
@@ -161,5 +161,12 @@ def test_mean_and_std_override_the_models_own():
     spec = build_model("tinycnn", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     assert (spec.mean, spec.std) == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     assert (default.mean, default.std) != (spec.mean, spec.std)
-    with pytest.raises(ModelError, match=r"model.std must be 3 numbers \(R, G, B\) > 0"):
-        build_model("tinycnn", std=(1.0, 0.0, 1.0))
+    # each is independent: the one not given stays the model's own
+    only_mean = build_model("tinycnn", mean=[0.1, 0.2, 0.3])
+    assert (only_mean.mean, only_mean.std) == ((0.1, 0.2, 0.3), default.std)
+    factory = build_model("neuronscan.models._builtin:_TinyCNN", std=(0.5, 0.5, 0.5))
+    assert (factory.mean, factory.std) == ((0.485, 0.456, 0.406), (0.5, 0.5, 0.5))  # ImageNet's mean kept
+    for key, bad in (("std", (1.0, 0.0, 1.0)), ("mean", (0.5, 0.5)), ("mean", (float("nan"), 0, 0)),
+                     ("std", "abc"), ("std", 0.5)):
+        with pytest.raises(ModelError, match=rf"model.{key} must be 3 finite numbers \(R, G, B\)"):
+            build_model("tinycnn", **{key: bad})

@@ -72,3 +72,30 @@ def test_model_mean_and_std_reach_the_actors_normalisation(tmp_path):
     normalised = (x - probe.mean) / probe.std
     # (191 - 127.5) / 63.75 = 0.996...: the configured mean/std on the 0..255 scale, not ImageNet's
     np.testing.assert_allclose(normalised.numpy(), (191 - 127.5) / 63.75, rtol=1e-6)
+
+
+def test_model_mean_and_std_change_the_activations_as_the_normalisation_says(tmp_path):
+    import torch
+
+    from neuronscan.models import ActivationRecorder, build_model
+
+    batch = _batch(range(6), np.random.default_rng(2))
+    mean, std = (0.2, 0.4, 0.6), (0.1, 0.2, 0.3)
+    runs = {}
+    for label, extra in (("default", {}), ("custom", {"mean": mean, "std": std})):
+        out = tmp_path / label
+        ActivationProbe(model={"name": "tinycnn", **extra}, layers=["conv2"], reduce=["mean"], out=str(out),
+                        topk=3)(batch)
+        runs[label] = (pd.concat(pd.read_parquet(f) for f in (out / "activations" / "conv2__mean").glob("*.parquet"))
+                       .sort_values("image_id").drop(columns="image_id").to_numpy())
+    assert not np.allclose(runs["default"], runs["custom"])
+    # the custom run equals the model applied by hand to (pixels / 255 - mean) / std
+    spec = build_model("tinycnn")
+    x = torch.from_numpy(np.array(batch["pixels"])).permute(0, 3, 1, 2).float() / 255
+    for label, (m, s) in (("default", (spec.mean, spec.std)), ("custom", (mean, std))):
+        normalised = (x - torch.tensor(m).view(1, 3, 1, 1)) / torch.tensor(s).view(1, 3, 1, 1)
+        rec = ActivationRecorder(spec.module, ["conv2"], ["mean"])
+        with torch.inference_mode():
+            expected = rec(normalised)["conv2:mean"][0].numpy()
+        rec.close()
+        np.testing.assert_allclose(runs[label], expected, rtol=1e-4, atol=1e-5)

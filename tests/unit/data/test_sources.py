@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import pickle
 import uuid
 
 import botocore.exceptions
@@ -84,6 +85,51 @@ def test_folder_errors(tmp_path):
         list_image_folder(str(empty))
     with pytest.raises(TypeError, match="fsspec filesystem"):
         list_image_folder(str(tmp_path), filesystem="s3")
+
+
+def test_symlinked_tree_dangling_links_are_inputs_and_linked_folders_are_followed(tmp_path, caplog):
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    _tree(root, ["dog/a.jpg"])
+    _tree(elsewhere, ["b.jpg"])
+    (root / "dog" / "gone.jpg").symlink_to(tmp_path / "nowhere" / "gone.jpg")  # dangling
+    (root / "dog" / "gone.txt").symlink_to(tmp_path / "nowhere" / "gone.txt")  # dangling, not an image
+    (root / "dog" / "self.jpg").symlink_to("self.jpg")  # loops on itself
+    (root / "cat").mkdir()
+    (root / "cat" / "good.jpg").symlink_to(root / "dog" / "a.jpg")  # a link to a real image
+    (root / "cat" / "up").symlink_to("..")  # a folder loop: back to ROOT
+    (root / "cat" / "top").symlink_to("/")  # a folder above ROOT: also a loop
+    (root / "bird").symlink_to(elsewhere)  # a symlinked class folder
+    (root / ".hidden_link.jpg").symlink_to(tmp_path / "nowhere")
+
+    df = list_image_folder(str(root))
+    _assert_listing_dtypes(df)
+    relpaths = ["bird/b.jpg", "cat/good.jpg", "dog/a.jpg", "dog/gone.jpg", "dog/gone.txt", "dog/self.jpg"]
+    assert df["uri"].tolist() == [str(root / rel) for rel in relpaths]
+    assert df["concepts"].tolist() == [["bird"], ["cat"], ["dog"], ["dog"], ["dog"], ["dog"]]
+    assert sum("a symlink to a folder it is inside (a loop)" in r.getMessage() for r in caplog.records) == 2
+
+    # the extension filter treats a link like any file, by the link's own name
+    kept = list_image_folder(str(root), extensions=[".jpg"])
+    assert [u.rsplit("/", 2)[-2] + "/" + u.rsplit("/", 1)[-1] for u in kept["uri"]] == [
+        "bird/b.jpg", "cat/good.jpg", "dog/a.jpg", "dog/gone.jpg", "dog/self.jpg"]
+
+    # every listed row is read or fails with a reason: processed + failed == inputs
+    outcomes = {}
+    for rel, uri in zip(relpaths, df["uri"], strict=True):
+        try:
+            outcomes[rel] = read_blob(uri)
+        except DecodeError as exc:
+            outcomes[rel] = str(exc)
+    assert outcomes["cat/good.jpg"] == b"dog/a.jpg" and outcomes["bird/b.jpg"] == b"b.jpg"
+    assert outcomes["dog/gone.jpg"] == (
+        f"missing: broken symlink: '{root}/dog/gone.jpg' -> '{tmp_path}/nowhere/gone.jpg' does not exist")
+    assert outcomes["dog/self.jpg"] == f"missing: broken symlink: '{root}/dog/self.jpg' -> 'self.jpg' is a symlink loop"
+
+
+def test_a_root_that_is_a_symlink_is_listed_under_the_link(tmp_path):
+    _tree(tmp_path / "real", ["dog/a.jpg"])
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert list_image_folder(str(tmp_path / "link"))["uri"].tolist() == [str(tmp_path / "link" / "dog" / "a.jpg")]
 
 
 @pytest.fixture
@@ -233,6 +279,27 @@ def test_read_blob_reads_and_fails_as_missing(tmp_path):
     with pytest.raises(DecodeError) as info:
         read_blob(str(tmp_path))
     assert info.value.reason == "not_a_file"
+
+
+def test_read_blob_names_a_broken_symlink_and_reads_through_a_good_one(tmp_path):
+    (tmp_path / "real.bin").write_bytes(b"ok")
+    (tmp_path / "good.jpg").symlink_to(tmp_path / "real.bin")
+    (tmp_path / "dangling.jpg").symlink_to("gone/missing.jpg")
+    (tmp_path / "a.jpg").symlink_to("b.jpg")
+    (tmp_path / "b.jpg").symlink_to("a.jpg")
+    assert read_blob(str(tmp_path / "good.jpg")) == b"ok"
+    for uri in (str(tmp_path / "dangling.jpg"), f"file://{tmp_path}/dangling.jpg"):
+        with pytest.raises(DecodeError) as info:
+            read_blob(uri)
+        assert info.value.reason == "missing"
+        assert str(info.value) == f"missing: broken symlink: {uri!r} -> 'gone/missing.jpg' does not exist"
+    with pytest.raises(DecodeError) as info:
+        read_blob(str(tmp_path / "a.jpg"))
+    assert (info.value.reason, info.value.message) == (
+        "missing", f"broken symlink: '{tmp_path}/a.jpg' -> 'b.jpg' is a symlink loop")
+    # the reason survives pickling (Ray ships errors between processes)
+    again = pickle.loads(pickle.dumps(info.value))
+    assert (again.reason, str(again)) == ("missing", str(info.value))
 
 
 def test_read_blob_uses_a_preseeded_filesystem(memory_bucket):
