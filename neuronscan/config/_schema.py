@@ -175,19 +175,25 @@ class CompositionalSection(_Section):
 
     enabled: bool = True
     max_length: int = Field(3, ge=1, le=5)
-    beam_size: int = Field(5, ge=1, le=50, description="Formulas kept per step (search: beam only).")
+    beam_size: int = Field(5, ge=1, le=50, description="Formulas kept per step of search: beam (ignored by exact).")
     n_candidates: int = Field(
-        32, ge=2, le=1000, description="Atoms tried per unit: the top n by AUC plus the top n in bounds (exact: <= 128).",
+        32,
+        ge=2,
+        le=1000,
+        description="Atoms tried per unit: the top n by AUC plus the top n in bounds (exact: <= 128).",
     )
     min_fraction: float = Field(0.001, ge=0, le=1)
     max_fraction: float = Field(0.5, ge=0, le=1)
     search: Literal["exact", "beam"] = Field(
         "exact",
-        description="'exact': the optimum of the search space (max_length <= 3); 'beam': INVERT's beam search, a heuristic.",
+        description=(
+            "'exact': the optimum of the search space (max_length <= 3); "
+            "'beam': INVERT's beam search (beam_size), a heuristic."
+        ),
     )
 
     @model_validator(mode="after")
-    def _exact_length(self) -> "CompositionalSection":
+    def _exact_length(self) -> CompositionalSection:
         if self.search == "exact" and self.max_length > 3:
             raise ValueError(
                 f"search 'exact' supports max_length <= 3 (got {self.max_length}); "

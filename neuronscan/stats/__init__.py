@@ -10,12 +10,7 @@ blocks of units.
 
 from ._auc import auc_from_ranks, rank_sums
 from ._auprc import ConceptLayout, average_precision, prepare_labels
-from ._compositional import (
-    Formula,
-    compositional_search,
-    compositional_search_units,
-    exhaustive_search,
-)
+from ._compositional import Formula, compositional_search, compositional_search_units
 from ._fdr import bh_qvalues
 from ._mannwhitney import mannwhitney_pvalues
 from ._permutation import permutation_pvalues
@@ -28,7 +23,6 @@ __all__ = [
     "Formula",
     "compositional_search",
     "compositional_search_units",
-    "exhaustive_search",
     "soft_wpmi",
     "soft_wpmi_log_conditional",
     "top_mean_cosine",

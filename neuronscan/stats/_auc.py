@@ -17,7 +17,7 @@ import numpy as np
 from ._ranking import UnitRanks
 from ._validate import as_labels, fmt_shape
 
-__all__ = ["auc_from_ranks", "rank_sums"]
+__all__ = ["auc_from_rank_sums", "auc_from_ranks", "mannwhitney_u", "rank_sums"]
 
 
 def rank_sums(ranks: UnitRanks, labels: object) -> np.ndarray:
@@ -67,14 +67,71 @@ def auc_from_ranks(
     rank_sum = np.asarray(rank_sum, dtype=np.float64)
     n = np.asarray(n_pos, dtype=np.float64)
     _check_pairs(rank_sum, n, n_images, "rank_sum")
+    u, auc, undefined = _u_and_auc(rank_sum, n, n_images)
+    return auc, np.where(undefined, np.nan, u)
+
+
+def auc_from_rank_sums(
+    rank_sum: object,
+    n_pos: object,
+    n_images: int,
+    *,
+    keep: np.ndarray | None = None,
+    fill: float = np.nan,
+) -> np.ndarray:
+    """AUC ``(R - n (n + 1) / 2) / (n (N - n))``, elementwise with broadcasting.
+
+    The one AUC formula of the package: :func:`auc_from_ranks` and the compositional searches
+    (formulas scored from rank sums, and the brute-force reference from dense masks) all compute
+    it here, so their AUCs agree bit for bit. No shape checks: for callers that validated already.
+
+    Args:
+        rank_sum: sums of average ranks over each positive set (any shape).
+        n_pos: sizes of the positive sets, broadcastable against ``rank_sum``; ``0..n_images``.
+        n_images: N.
+        keep: where to keep the AUC, a bool mask that must be False wherever ``n_pos`` is 0 or N
+            (e.g. a support bound ``lo <= n_pos <= hi`` with ``lo >= 1``, ``hi <= N - 1``);
+            default: exactly where the AUC is defined.
+        fill: the value elsewhere.
+
+    Returns:
+        float64 array of the broadcast shape (0-d for scalars); ``fill`` (NaN by default) where
+        not kept.
+
+    Example:
+        >>> float(auc_from_rank_sums(5.0, 2, 3))
+        1.0
+    """
+    rank_sum = np.asarray(rank_sum, dtype=np.float64)
+    n = np.asarray(n_pos, dtype=np.float64)
+    if keep is None:
+        return _u_and_auc(rank_sum, n, n_images, fill)[1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auc = mannwhitney_u(rank_sum, n) / (n * (n_images - n))
+    return np.where(keep, auc, fill)
+
+
+def mannwhitney_u(rank_sum: object, n_pos: object) -> np.ndarray:
+    """Mann-Whitney U of the positives, ``R - n (n + 1) / 2``, elementwise; exact in float64.
+
+    Example:
+        >>> float(mannwhitney_u(5.0, 2))
+        2.0
+    """
+    n = np.asarray(n_pos, dtype=np.float64)
+    return np.asarray(rank_sum, dtype=np.float64) - n * (n + 1) / 2
+
+
+def _u_and_auc(
+    rank_sum: np.ndarray, n: np.ndarray, n_images: int, fill: float = np.nan
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(U, AUC, undefined)`` from float64 rank sums and sizes; AUC is ``fill`` where undefined."""
     m = n_images - n
-    u = rank_sum - n * (n + 1) / 2
+    u = mannwhitney_u(rank_sum, n)
     with np.errstate(divide="ignore", invalid="ignore"):
         auc = u / (n * m)
     undefined = (n == 0) | (m == 0)
-    u = np.where(undefined, np.nan, u)
-    auc = np.where(undefined, np.nan, auc)
-    return auc, u
+    return u, np.where(undefined, fill, auc), undefined
 
 
 def _check_pairs(values: np.ndarray, n_pos: np.ndarray, n_images: int, name: str) -> None:

@@ -24,7 +24,7 @@ from scipy.special import log_ndtr, ndtr
 from ._auc import _check_pairs
 from ._validate import fmt_shape
 
-__all__ = ["mannwhitney_pvalues"]
+__all__ = ["mannwhitney_pvalue", "mannwhitney_pvalues", "mannwhitney_z"]
 
 
 def mannwhitney_pvalues(
@@ -62,17 +62,55 @@ def mannwhitney_pvalues(
             f"tie_term has shape {fmt_shape(tie_term.shape)} but u has {u.shape[0]:,} units "
             f"(shape {fmt_shape(u.shape)})"
         )
+    z = mannwhitney_z(u, n, n_images, tie_term[:, None])
+    with np.errstate(invalid="ignore"):
+        p = np.clip(ndtr(-z), 0.0, 1.0)
+        log_p = np.minimum(log_ndtr(-z), 0.0)
+    undefined = (n == 0) | (n == n_images)
+    p[:, undefined] = np.nan
+    log_p[:, undefined] = np.nan
+    return p, log_p
+
+
+def mannwhitney_z(u: object, n_pos: object, n_images: int, tie_term: object) -> np.ndarray:
+    """``z = (U - E[U] - 1/2) / sqrt(Var[U])``, elementwise with broadcasting, no shape checks.
+
+    The one z formula of the package: :func:`mannwhitney_pvalues` (``tie_term`` as
+    ``(n_units, 1)`` against ``n_pos (n_concepts,)``) and :func:`mannwhitney_pvalue` compute it
+    here. ``Var[U]`` is 0 when ``tie_term >= N**3 - N`` (every image tied: a constant unit), so
+    ``z`` is ``-inf`` there when ``U = E[U]``.
+
+    Args:
+        u: Mann-Whitney U of the positives.
+        n_pos: positives, broadcastable against ``u``.
+        n_images: N.
+        tie_term: ``sum_t (t**3 - t)`` over the unit's tie groups, broadcastable against ``u``.
+
+    Returns:
+        float64 array of the broadcast shape (0-d for scalars).
+    """
+    u = np.asarray(u, dtype=np.float64)
+    n = np.asarray(n_pos, dtype=np.float64)
+    tie_term = np.asarray(tie_term, dtype=np.float64)
     big_n = float(n_images)
     m = big_n - n
     with np.errstate(divide="ignore", invalid="ignore"):
         # Per unit: (N + 1) - tie_term / (N (N - 1)); exactly 0 for a constant unit.
         spread = (big_n + 1) - tie_term / (big_n * (big_n - 1))
         spread = np.where(tie_term >= big_n**3 - big_n, 0.0, spread)
-        s = np.sqrt((n * m / 12)[None, :] * spread[:, None])
-        z = (u - n * m / 2 - 0.5) / s
-        p = np.clip(ndtr(-z), 0.0, 1.0)
-        log_p = np.minimum(log_ndtr(-z), 0.0)
-    undefined = (n == 0) | (m == 0)
-    p[:, undefined] = np.nan
-    log_p[:, undefined] = np.nan
-    return p, log_p
+        s = np.sqrt(n * m / 12 * spread)
+        return (u - n * m / 2 - 0.5) / s
+
+
+def mannwhitney_pvalue(u: object, n_pos: object, n_images: int, tie_term: object) -> np.ndarray:
+    """One-sided p-value ``P(Z >= z)`` from U, elementwise with broadcasting (see
+    :func:`mannwhitney_z`); no shape checks, and no NaN for ``n_pos`` 0 or N (callers pass sizes
+    where U is defined).
+
+    Example:
+        >>> round(float(mannwhitney_pvalue(2.0, 1, 3, 0.0)), 6)
+        0.270146
+    """
+    z = mannwhitney_z(u, n_pos, n_images, tie_term)
+    with np.errstate(invalid="ignore"):
+        return np.clip(ndtr(-z), 0.0, 1.0)

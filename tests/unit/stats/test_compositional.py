@@ -11,13 +11,13 @@ import scipy.sparse as sp
 from scipy.stats import mannwhitneyu, rankdata
 from sklearn.metrics import roc_auc_score
 
-import neuronscan.stats._compositional as comp
+from neuronscan.stats import _exact, _formula
 from neuronscan.stats._compositional import (
     Formula,
     compositional_search,
     compositional_search_units,
-    exhaustive_search,
 )
+from neuronscan.stats._reference import exhaustive_search
 
 
 def _random_case(seed: int, n_images: int = 120, n_concepts: int = 6):
@@ -70,7 +70,7 @@ def test_hand_worked_tiny_case():
     # 3 in-bounds atoms; and after each of the 16 in-bounds length-2 formulas (A: AND A, OR A,
     # AND B, OR B, AND NOT B, AND NOT C; B likewise; C: AND C, OR C, AND NOT A, AND NOT B).
     exact, n_exact = compositional_search(
-        rankdata(acts), labels, ["A", "B", "C"], beam_size=3, n_candidates=None, min_fraction=0.0
+        rankdata(acts), labels, ["A", "B", "C"], top_k=3, n_candidates=None, min_fraction=0.0
     )
     assert exact == best and exact == formulas
     assert n_exact == n_exhaustive == 6 + 2 * 6 * 3 + 2 * 6 * 16
@@ -200,7 +200,9 @@ def test_unbounded_beam_enumerates_exactly_the_exhaustive_space(seed, n_candidat
     acts, labels, names = _random_case(seed, n_images=60, n_concepts=5)
     r = rankdata(acts)
     kw = dict(n_candidates=n_candidates, min_fraction=0.02)
-    beam, _ = compositional_search(r, labels, names, beam_size=10**6, search="beam", **kw)
+    beam, _ = compositional_search(
+        r, labels, names, beam_size=10**6, top_k=None, search="beam", **kw
+    )
     every, _ = exhaustive_search(r, labels, names, top_k=None, **kw)
     by_set_beam = {_key(f.mask(labels)): (f.auc, f.length) for f in beam}
     by_set_every = {_key(f.mask(labels)): (f.auc, f.length) for f in every}
@@ -267,7 +269,7 @@ def test_exact_search_equals_exhaustive_search(seed):
     labels_in = sp.csc_array(labels) if seed % 2 else labels
     for k in range(acts.shape[1]):
         every, n_every = exhaustive_search(ranks[:, k], labels, names, top_k=None, **kw)
-        exact, n_exact = compositional_search(ranks[:, k], labels_in, names, beam_size=3, **kw)
+        exact, n_exact = compositional_search(ranks[:, k], labels_in, names, top_k=3, **kw)
         assert n_exact == n_every
         # The same formulas, not only the same AUCs: same sets, texts, tie order and p-values.
         assert exact == every[:3]
@@ -281,7 +283,7 @@ def test_exact_search_equals_exhaustive_search(seed):
         assert abs(exact[0].auc - roc_auc_score(mask, acts[:, k])) <= 1e-12
     units, counts = compositional_search_units(ranks, labels_in, names, return_counts=True, **kw)
     for k in range(acts.shape[1]):
-        single, n_single = compositional_search(ranks[:, k], labels, names, beam_size=1, **kw)
+        single, n_single = compositional_search(ranks[:, k], labels, names, top_k=1, **kw)
         assert units[k] == (single[0] if single else None) and counts[k] == n_single
 
 
@@ -290,15 +292,15 @@ def test_exact_search_equals_exhaustive_across_chunk_boundaries(seed, monkeypatc
     # Tiny chunks: one length-2 prefix per length-3 chunk and a bincount flush every few triples,
     # so ties between chunks and the accumulation across flushes are exercised; and top_k > 1
     # starts from as many formulas as results, so duplicates force it to widen its search.
-    monkeypatch.setattr(comp, "_CHUNK_ELEMENTS", 3)
-    monkeypatch.setattr(comp, "_TAKE_PER_RESULT", 1)  # top_k > 1: widen the sorted head often
+    monkeypatch.setattr(_exact, "_CHUNK_ELEMENTS", 3)
+    monkeypatch.setattr(_exact, "_TAKE_PER_RESULT", 1)  # top_k > 1: widen the sorted head often
     acts, labels, names, kw = _exact_case(seed)
     kw["max_length"] = 3
     ranks = rankdata(acts, axis=0)
     units = compositional_search_units(ranks, labels, names, **kw)
     for k in range(acts.shape[1]):
         every, n_every = exhaustive_search(ranks[:, k], labels, names, top_k=4, **kw)
-        exact, n_exact = compositional_search(ranks[:, k], labels, names, beam_size=4, **kw)
+        exact, n_exact = compositional_search(ranks[:, k], labels, names, top_k=4, **kw)
         assert exact == every and n_exact == n_every
         assert units[k] == (every[0] if every else None)
 
@@ -307,13 +309,13 @@ def test_triple_sums_equal_dense_products():
     rng = np.random.default_rng(5)
     labels = rng.random((300, 9)) < np.array([0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.4])
     r = rankdata(np.round(rng.normal(size=300), 1))
-    lab = comp._LabelIndex.build(sp.csr_array(labels), None)
+    lab = _formula._LabelIndex.build(sp.csr_array(labels), None)
     concepts = np.array([0, 2, 3, 5, 6, 7, 8])
     x = labels[:, concepts].astype(float)
-    t, s = comp._triple_sums(lab, r, concepts, x.T @ r)
+    t, s = _exact._triple_sums(lab, r, concepts, x.T @ r)
     k = concepts.size
     a, b, c = np.indices((k, k, k))
-    key = comp._triple_key(a, b, c)
+    key = _exact._triple_key(a, b, c)
     assert t.size == s.size == k * (k + 1) * (k + 2) // 6 == np.unique(key).size
     np.testing.assert_array_equal(t[key], np.einsum("i,ia,ib,ic->abc", r, x, x, x))
     np.testing.assert_array_equal(s[key], np.einsum("ia,ib,ic->abc", x, x, x))
@@ -324,7 +326,7 @@ def test_collector_breaks_ties_by_length_then_depth_first_index(top_k):
     # Scores arrive in enumeration order; a chunk of length-3 formulas comes as an AND part
     # (depth-first indices 0, 2, 4) and an OR part (1, 3, 5). Equal AUCs go to the shorter formula,
     # then to the lower index, across parts and chunks.
-    collector = comp._Collector(top_k)
+    collector = _exact._Collector(top_k)
     ones = np.ones(3)
     collector.add(1, [(np.array([0.7, -np.inf, 0.2]), ones, ones, 0, 1)])
     collector.add(2, [(np.array([0.6, 0.7, -np.inf]), ones, ones, 0, 1)])
@@ -337,7 +339,7 @@ def test_collector_breaks_ties_by_length_then_depth_first_index(top_k):
     def make_node(auc, length, idx, n_pos, rank_sum):
         mask = np.zeros(64, dtype=bool)
         mask[length * 16 + (1 if (length, idx) == (3, 2) else idx)] = True  # (3, 2) = (3, 1)
-        return comp._Node((length, idx), (), rank_sum, n_pos, auc, mask=mask)
+        return _formula._Node((length, idx), (), rank_sum, n_pos, auc, mask=mask)
 
     best = [(n.codes, n.auc) for n in collector.top_distinct(make_node)]
     assert best == [((3, 1), 0.97), ((3, 4), 0.97)][:top_k]  # (3, 2) is (3, 1)'s set
@@ -349,7 +351,7 @@ def test_exact_search_recovers_a_formula_the_beam_misses(seed):
     # never reaches A AND B (module docstring); the exact search finds the planted set.
     labels, planted, acts, names, (a, b, c) = _planted_and_or(seed, 0.3, 0.2)
     r = rankdata(acts)
-    exact, _ = compositional_search(r, sp.csr_array(labels), names, beam_size=1)
+    exact, _ = compositional_search(r, sp.csr_array(labels), names, top_k=1)
     np.testing.assert_array_equal(exact[0].mask(labels), planted)
     assert exact[0].length == 3 and exact[0].ops == ("AND", "OR")
     assert exact[0].atoms[2] == (c, False) and {exact[0].atoms[0], exact[0].atoms[1]} == {
@@ -368,7 +370,7 @@ def test_exact_ties_go_to_the_shorter_then_first_enumerated_formula():
     labels[:, 1] = labels[:, 0]
     acts = 3.0 * labels[:, 0] + rng.normal(size=200)
     r = rankdata(acts)
-    exact, _ = compositional_search(r, labels, ["c0", "c1", "c2", "c3"], beam_size=3)
+    exact, _ = compositional_search(r, labels, ["c0", "c1", "c2", "c3"], top_k=3)
     every, _ = exhaustive_search(r, labels, ["c0", "c1", "c2", "c3"], top_k=3)
     assert exact == every
     assert exact[0].text == "c0" and exact[0].length == 1
@@ -382,7 +384,7 @@ def test_exact_top_k_ranks_the_whole_space_like_exhaustive(n_candidates):
     r = rankdata(acts)
     kw = dict(n_candidates=n_candidates, min_fraction=0.0)
     every, n_every = exhaustive_search(r, labels, names, top_k=None, **kw)
-    exact, n_exact = compositional_search(r, labels, names, beam_size=10**6, **kw)
+    exact, n_exact = compositional_search(r, labels, names, top_k=None, **kw)
     assert len(every) > 25 and exact == every and n_exact == n_every
 
 
@@ -392,7 +394,7 @@ def test_beam_never_scores_above_exact_and_exact_is_optimal():
         acts, labels, names = _random_case(seed, n_images=200, n_concepts=10)
         r = rankdata(acts)
         kw = dict(n_candidates=8, min_fraction=0.02)
-        exact, _ = compositional_search(r, labels, names, beam_size=1, **kw)
+        exact, _ = compositional_search(r, labels, names, top_k=1, **kw)
         beam, _ = compositional_search(r, labels, names, search="beam", beam_size=3, **kw)
         assert beam[0].auc <= exact[0].auc + 1e-12
         hits += beam[0].auc >= exact[0].auc - 1e-12
@@ -408,12 +410,46 @@ def test_beam_search_still_handles_longer_formulas():
     r = rankdata(acts)
     beam4, _ = compositional_search(r, labels, names, max_length=4, search="beam")
     beam3, _ = compositional_search(r, labels, names, max_length=3, search="beam")
-    exact3, _ = compositional_search(r, labels, names, max_length=3, beam_size=1)
+    exact3, _ = compositional_search(r, labels, names, max_length=3, top_k=1)
     assert beam4 and all(f.length <= 4 for f in beam4)
     assert beam4[0].auc >= beam3[0].auc - 1e-12
     assert beam3[0].auc <= exact3[0].auc + 1e-12
     units = compositional_search_units(r[:, None], labels, names, max_length=4, search="beam")
     assert units[0] == beam4[0]
+
+
+def test_top_k_sets_how_many_formulas_and_beam_size_only_the_beam():
+    acts, labels, names = _random_case(6, n_images=200, n_concepts=7)
+    r = rankdata(acts)
+    kw = dict(n_candidates=6, min_fraction=0.01)
+    every, n_every = exhaustive_search(r, labels, names, top_k=5, **kw)
+    default, n_default = compositional_search(r, labels, names, **kw)
+    assert len(default) == 5 and default == every and n_default == n_every  # top_k=5 by default
+    for beam_size in (1, 2, 50):  # ignored by the exact search
+        assert compositional_search(r, labels, names, beam_size=beam_size, **kw) == (
+            default, n_default
+        )
+    two, _ = compositional_search(r, labels, names, top_k=2, **kw)
+    assert two == default[:2]
+    beam_all, n_beam = compositional_search(
+        r, labels, names, search="beam", beam_size=8, top_k=None, **kw
+    )
+    assert len(beam_all) == 8
+    for top_k in (1, 3, 8, 20):
+        head, n_head = compositional_search(
+            r, labels, names, search="beam", beam_size=8, top_k=top_k, **kw
+        )
+        assert head == beam_all[:top_k] and n_head == n_beam
+    for bad in (0, -1, 2.5, True, "3"):
+        with pytest.raises(ValueError, match="top_k must be a positive integer or None"):
+            compositional_search(r, labels, names, top_k=bad)
+
+
+def test_exhaustive_search_is_not_public_api():
+    import neuronscan.stats
+
+    assert "exhaustive_search" not in neuronscan.stats.__all__
+    assert not hasattr(neuronscan.stats, "exhaustive_search")
 
 
 # ------------------------------------------------------------------ support bounds
@@ -424,7 +460,7 @@ def test_every_formula_and_prefix_respects_the_support_bounds(search):
     acts, labels, names = _random_case(5, n_images=400, n_concepts=8)
     lo, hi = 0.1, 0.3
     formulas, _ = compositional_search(
-        rankdata(acts), labels, names, beam_size=20, min_fraction=lo, max_fraction=hi,
+        rankdata(acts), labels, names, beam_size=20, top_k=20, min_fraction=lo, max_fraction=hi,
         search=search,
     )
     assert len(formulas) == 20
@@ -581,8 +617,11 @@ def test_config_section_selects_the_search_and_feeds_the_units_search():
         assert best[0] == single[0] and counts[0] == n_single
 
 
-def test_docstring_examples():
+@pytest.mark.parametrize("module", ["_compositional", "_reference"])
+def test_docstring_examples(module):
     import doctest
+    import importlib
 
-    result = doctest.testmod(comp, optionflags=doctest.NORMALIZE_WHITESPACE)
+    mod = importlib.import_module(f"neuronscan.stats.{module}")
+    result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
