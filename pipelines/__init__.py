@@ -1,4 +1,4 @@
-"""Ray dataflows: probe, score, audit. The CLI and the job entry call only these:
+"""Ray dataflows: probe, score, audit. The CLI (a submitted job runs it too) calls only these:
 
 - `run_audit` — probe → score → report under ``OUT/<model>/<run_id>/``, with ``run.json``;
 - `score_run` — score a probed run in place;

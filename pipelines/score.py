@@ -503,7 +503,7 @@ def _prepare_clip(run: RunDir, clip_cfg, concepts: list[str]) -> tuple[dict | No
     from neuronscan.clip import embed_texts, load_clip, load_vocabulary
 
     fs, path = get_fs(run.clip)
-    files = [join(path, n) for n in run.part_files(run.clip)]
+    files = [join(path, n) for n in run.committed_part_files(run.clip)]  # a crashed batch's never count
     tables = []
     for f in files:
         with fs.open(f, "rb") as fh:

@@ -25,7 +25,7 @@ def add_parsers(sub) -> dict:
                        formatter_class=FORMATTER,
                        description=textwrap.dedent("""\
                            Compare run B (new) with run A (baseline). Same architecture: per unit label changes,
-                           AUC deltas, gained/lost significant concepts, new alignment to spurious concepts. Any two
+                           AUC deltas, gained/lost aligned concepts, new alignment to spurious concepts. Any two
                            models: concept coverage, and unit matching by activation correlation (--match).
                            Writes diff_units.parquet, diff_concepts.parquet and diff.json; exits 1 when a threshold
                            of the config's diff section is crossed (the nightly alert), 0 otherwise."""),
@@ -72,7 +72,7 @@ def _cmd_report(args) -> int:
 def _cmd_diff(args) -> int:
     from neuronscan.config import load_config
     from neuronscan.diff import diff_config_of, diff_runs, format_summary, thresholds_exceeded, write_diff
-    from neuronscan.io import join
+    from neuronscan.io import RunDir
     from neuronscan.registry import latest_run
 
     if args.latest:
@@ -100,7 +100,7 @@ def _cmd_diff(args) -> int:
         diff_cfg = diff_cfg.model_copy(update={"min_abs_delta_auc": args.min_abs_delta_auc})
     result = diff_runs(run_a, run_b, spurious_concepts=spurious, min_abs_delta_auc=diff_cfg.min_abs_delta_auc,
                        alpha=args.alpha, match_layers=tuple(args.match) if args.match else None)
-    out = args.out or join(run_b, "diff")
+    out = args.out or RunDir(run_b).diff
     write_diff(result, out)
     print(format_summary(result, max_rows=args.max_rows))
     print(f"diff tables in {out}/")

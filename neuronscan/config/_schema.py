@@ -221,11 +221,15 @@ class ScoreSection(_Section):
     cpus_per_task: float = Field(1.0, gt=0)
     n_perm: int = Field(1000, ge=0, description="Permutations per tested pair; 0 turns permutation tests off.")
     perm_top: int = Field(
-        3, ge=0, description="Permutation-test each unit's top concepts (plus every pair with q <= alpha)."
+        3, ge=0, description="Permutation-test each unit's top concepts (plus every pair with p <= alpha)."
     )
     perm_max_pairs: int = Field(200_000, ge=0, description="Cap on permutation-tested pairs per run.")
     seed: int = 0
-    min_auc: float = Field(0.75, ge=0.5, le=1, description="AUC a concept needs to count toward multimodal units.")
+    min_auc: float = Field(
+        0.75, ge=0.5, le=1,
+        description="AUC a significant concept needs to be aligned: the bar of the multimodal and spurious "
+        "flags and of the concepts a diff reports as gained or lost.",
+    )
     compositional: CompositionalSection = Field(default_factory=CompositionalSection)
     spurious_concepts: list[str] = Field(
         default_factory=list, description="Concepts flagged when a unit aligns to them (q <= alpha, AUC >= min_auc)."

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from neuronscan.data._decode import DecodeError
+from neuronscan.io import INPUTS_SCHEMA, LABELS_SCHEMA
 
 __all__ = [
     "CONCEPT_SEPARATOR",
@@ -40,16 +41,12 @@ __all__ = [
     "redact_uri",
 ]
 
-LISTING_SCHEMA = pa.schema(
-    [("image_id", pa.int64()), ("uri", pa.string()), ("concepts", pa.list_(pa.string()))]
-)
-"""Arrow schema of a listing; write one with ``pa.Table.from_pandas(df, schema=LISTING_SCHEMA, preserve_index=False)``.
+LISTING_SCHEMA = INPUTS_SCHEMA
+"""Arrow schema of a listing (``inputs.parquet``; owned by `neuronscan.io`); write one with
+``pa.Table.from_pandas(df, schema=LISTING_SCHEMA, preserve_index=False)``.
 
 ``pandas`` holds ``uri`` as its ``str`` dtype (null as NaN) and ``concepts`` as ``list<string>[pyarrow]``.
 """
-
-LABELS_SCHEMA = pa.schema([("image_id", pa.int64()), ("concept", pa.string())])
-"""Arrow schema of ``labels.parquet`` (long format, one row per positive)."""
 
 CONCEPT_SEPARATOR = "|"
 """Separator of several concepts in one CSV cell (or in a JSONL string value): ``"dog|animal"``."""

@@ -13,6 +13,7 @@ A run lives in ``OUT/<model>/<run_id>/`` (a local path or an ``s3://`` URI)::
     images.parquet                         every input exactly once
     neuron_concepts.parquet  neurons.parquet  clip_labels/<layer>.parquet   the score stage's tables
     report/index.html                      the report
+    diff/                                  diff_units/diff_concepts.parquet, diff.json against an earlier run
 
 A part file counts only once ``probe/commits/<part>.parquet`` exists: `RunDir.committed_parts` is the
 one listing of committed batches that the probe, the score stage and the diff read. Every other module
@@ -283,6 +284,11 @@ class RunDir:
     def report(self) -> str:
         return self.path("report")
 
+    @property
+    def diff(self) -> str:
+        """Where ``neuronscan diff`` writes by default when this run is the new one (B)."""
+        return self.path("diff")
+
     def exists(self, uri: str | None = None) -> bool:
         """Whether the run directory (or one of its paths) exists."""
         fs, path = get_fs(uri or self.root)
@@ -333,6 +339,11 @@ class RunDir:
         """Sorted ``part-*.parquet`` file names directly in ``folder`` (no temp or hidden files)."""
         return [n for n in _names(folder) if _part_id(n) is not None]
 
+    def committed_part_files(self, folder: str) -> list[str]:
+        """`part_files` of ``folder`` whose batch committed (all of them in a run without commit records)."""
+        committed = self.committed_parts()
+        return [n for n in self.part_files(folder) if committed is None or _part_id(n) in committed]
+
     def committed_layer_files(self, layer: str) -> list[str]:
         """Committed ``part-*.parquet`` URIs of one layer.
 
@@ -345,8 +356,7 @@ class RunDir:
             have = [layer_from_dirname(n) for n in _names(self.activations_dir)]
             hint = f"; layers there: {', '.join(have)}" if have else ""
             raise InputError(f"run {self.root!r} has no activations for layer {layer!r} (looked in {uri}){hint}")
-        committed = self.committed_parts()
-        files = [join(uri, n) for n in self.part_files(uri) if committed is None or _part_id(n) in committed]
+        files = [join(uri, n) for n in self.committed_part_files(uri)]
         if not files:
             raise InputError(f"layer {layer!r} of run {self.root!r} has no committed part-*.parquet files")
         return files

@@ -411,7 +411,7 @@ def _overview(run: RunData, summaries: list[_LayerSummary], has_depth: bool, n_t
     run_rows = [
         ("run id", info.get("run_id")),
         ("model", (info.get("model") or {}).get("name") if isinstance(info.get("model"), dict) else None),
-        ("alpha (q ≤)", info.get("alpha", run.alpha)),
+        ("alpha (q ≤)", run.alpha),
         ("layers", len(run.layers)),
         ("units", sum(s.n_units for s in summaries)),
         ("thumbnails", n_thumbs),
