@@ -6,7 +6,7 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["NeuronscanError", "ConfigError", "InputError", "ModelError"]
+__all__ = ["NeuronscanError", "ConfigError", "InputError", "ModelError", "NoImagesError"]
 
 
 class NeuronscanError(Exception):
@@ -31,3 +31,7 @@ class InputError(NeuronscanError, ValueError):
 
 class ModelError(NeuronscanError, ValueError):
     """A model or layer cannot be built or found."""
+
+
+class NoImagesError(InputError):
+    """Every input of a probe failed: there is nothing to score. The message gives the failure reasons."""

@@ -10,6 +10,7 @@ import time
 import pandas as pd
 
 from neuronscan.config import RunConfig
+from neuronscan.errors import NoImagesError
 from neuronscan.io import RunDir, new_run_id, read_parquet
 
 __all__ = ["run_audit", "run_dir_for", "versions", "score_run"]
@@ -67,7 +68,7 @@ def score_run(cfg: RunConfig, run_dir: str | RunDir, *, quiet: bool = False):
 def run_audit(cfg: RunConfig, *, quiet: bool = False, report: bool = True, stages=("probe", "score")) -> dict:
     """Run the configured stages under the run directory and return the final run.json."""
     from pipelines._ray import init_ray
-    from pipelines.probe import prepare_probe, run_probe
+    from pipelines.probe import prepare_probe
 
     run, run_id = run_dir_for(cfg)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
@@ -75,7 +76,7 @@ def run_audit(cfg: RunConfig, *, quiet: bool = False, report: bool = True, stage
     plan = prepare_probe(cfg, run.root) if "probe" in stages else None
     say(f"run {run_id} → {run.root}")
     ray_info = init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory)
-    started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    started = _now()
     run.update_info(
         {
             "run_id": run_id,
@@ -90,6 +91,24 @@ def run_audit(cfg: RunConfig, *, quiet: bool = False, report: bool = True, stage
             "ray": ray_info,
         },
     )
+    try:
+        return _run_stages(cfg, run, plan, stages, report=report, quiet=quiet)
+    except KeyboardInterrupt:
+        run.update_info({"status": "interrupted", "finished": _now()})
+        raise
+    except Exception as exc:
+        # run.json never stays "running" after the run ended: it says how it ended, and why.
+        run.update_info({"status": "failed", "finished": _now(), "error": f"{type(exc).__name__}: {exc}"})
+        raise
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _run_stages(cfg: RunConfig, run: RunDir, plan, stages, *, report: bool, quiet: bool) -> dict:
+    from pipelines.probe import run_probe
+
     if "probe" in stages:
         ps = run_probe(cfg, run.root, quiet=quiet, plan=plan)
         run.update_info({"counts": {"inputs": ps.n_inputs, "images": ps.n_inputs, "ok": ps.n_ok,
@@ -99,6 +118,12 @@ def run_audit(cfg: RunConfig, *, quiet: bool = False, report: bool = True, stage
                          "probe": {"images_per_second": round(ps.images_per_second, 2),
                                    "image_size": ps.extra.get("image_size"),
                                    "actor_peak_rss_mib": ps.extra.get("actor_peak_rss_mib")}})
+        if ps.n_ok == 0:
+            reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(ps.failures.items(), key=lambda kv: -kv[1]))
+            raise NoImagesError(
+                f"every input failed: 0 processed + {ps.n_failed:,} failed = {ps.n_inputs:,} inputs "
+                f"({reasons or 'no reason recorded'}); nothing to score. The reason of each input is in {run.images}"
+            )
     summary = None
     if "score" in stages:
         summary = score_run(cfg, run, quiet=quiet)
@@ -108,6 +133,6 @@ def run_audit(cfg: RunConfig, *, quiet: bool = False, report: bool = True, stage
         t = time.perf_counter()
         path = write_report(run.root)
         run.update_info({"report": str(path), "timings": {"report_s": round(time.perf_counter() - t, 3)}})
-    final = run.update_info({"status": "complete", "finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")})
+    final = run.update_info({"status": "complete", "finished": _now(), "error": None})
     final["_top_units"] = summary.top_units if summary is not None else pd.DataFrame()
     return final

@@ -194,3 +194,27 @@ def test_demo_report_in_headless_chromium(demo_run, tmp_path):
         page.wait_for(f"document.getElementById('ns-count').dataset.count === '{expected}'", 15)
         page.screenshot(tmp_path / "units.png")
         assert page.errors == [], page.errors
+
+
+def test_a_run_where_every_input_fails_ends_clearly(tmp_path):
+    """0 processed + N failed: one line with the reasons, exit 2, run.json marked failed, every input recorded."""
+    images = tmp_path / "images" / "cat"
+    images.mkdir(parents=True)
+    for i in range(3):
+        (images / f"not_an_image_{i}.jpg").write_text("plain text, not a JPEG")
+    (images / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    cfg = tmp_path / "all_bad.yaml"
+    cfg.write_text(f"run: {{out: {tmp_path / 'runs'}, run_id: bad}}\ndata: {{folder: {tmp_path / 'images'}}}\n"
+                   "model: {name: tinycnn, layers: [conv1]}\nprobe: {batch_size: 2}\n")
+    proc = ns("run", cfg, "--quiet")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "activations folder" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: every input failed: 0 processed + 4 failed = 4 inputs"), proc.stderr
+    assert "(not_an_image 3, missing 1)" in last, last
+    run_dir = tmp_path / "runs" / "tinycnn" / "bad"
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "failed" and "every input failed" in info["error"]
+    assert info["counts"]["failed"] == 4 and info["counts"]["ok"] == 0
+    images_table = pd.read_parquet(run_dir / "images.parquet")
+    assert len(images_table) == 4 and (images_table["status"] == "failed").all()
