@@ -321,6 +321,8 @@ def _reduce(found: _Layers, results: dict[str, list[dict]]) -> tuple[dict[str, d
         parts = sorted(results[lp.layer], key=lambda r: r["first_unit"])
         a = {key: np.concatenate([p[key] for p in parts])
              for key in ("auc", "auprc", "p_value", "log_p", "p_perm", "dead", "n_nonfinite")}
+        # A unit is its column: u00042 is unit 42, whatever its position among the layer's columns.
+        a["unit_ids"] = np.asarray([int(c[1:]) for c in lp.units], dtype=np.int32)
         a["n_perm_tested"] = sum(p["n_perm_tested"] for p in parts)
         if parts and "formula" in parts[0]:
             a["formula"] = [t for p in parts for t in p["formula"]]
@@ -351,7 +353,7 @@ def _pair_table(layer: str, a: dict, n_pos: np.ndarray, n_images: int, concepts:
     p_perm = a["p_perm"].ravel()
     cols = {
         "layer": np.full(n_units * n_c, layer, dtype=object),
-        "unit": np.repeat(np.arange(n_units, dtype=np.int32), n_c),
+        "unit": np.repeat(a["unit_ids"], n_c),
         "concept": np.asarray(concepts, dtype=object)[cidx],
         "n_pos": n_pos[cidx],
         "n_neg": n_images - n_pos[cidx],
@@ -380,7 +382,7 @@ def _unit_frame(layer: str, a: dict, concepts: list[str], text_concepts: list[st
     )
     nd = {
         "layer": [layer] * n_units,
-        "unit": np.arange(n_units, dtype=np.int32),
+        "unit": a["unit_ids"],
         **{k: summary[k] for k in ("best_concept", "best_auc", "best_auprc", "best_q", "best_p_perm",
                                    "n_significant")},
         "formula": a.get("formula", [None] * n_units),
@@ -417,7 +419,7 @@ def _write(out: RunDir, found: _Layers, assembled: dict[str, dict], score_cfg, h
                                   score_cfg.n_perm, same_vocab))
         neuron_rows.append(_unit_frame(lp.layer, a, concepts, text_concepts, score_cfg, anc))
         if "wpmi" in a and not same_vocab:
-            _write_clip_labels(out, lp.layer, a["wpmi"], text_concepts)
+            _write_clip_labels(out, lp.layer, a["wpmi"], text_concepts, a["unit_ids"])
     write_parquet_atomic(pa.concat_tables(frames), out.neuron_concepts)
     neurons = pd.concat(neuron_rows, ignore_index=True)
     write_parquet_atomic(pa.Table.from_pandas(neurons, schema=NEURONS_SCHEMA, preserve_index=False), out.neurons)
@@ -520,12 +522,12 @@ def _prepare_clip(run: RunDir, clip_cfg, concepts: list[str]) -> tuple[dict | No
     return {"image_ids": uniq, "embeddings": emb[first], "text": text, "top_k": clip_cfg.top_k}, vocab
 
 
-def _write_clip_labels(out: RunDir, layer: str, wpmi: np.ndarray, vocab: list[str]) -> None:
+def _write_clip_labels(out: RunDir, layer: str, wpmi: np.ndarray, vocab: list[str], unit_ids: np.ndarray) -> None:
     n_units, n_c = wpmi.shape
     table = pa.table(
         {
             "layer": np.full(n_units * n_c, layer, dtype=object),
-            "unit": np.repeat(np.arange(n_units, dtype=np.int32), n_c),
+            "unit": np.repeat(unit_ids, n_c),
             "concept": np.asarray(vocab, dtype=object)[np.tile(np.arange(n_c), n_units)],
             "clip_score": wpmi.ravel(),
         },

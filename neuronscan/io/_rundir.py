@@ -26,6 +26,7 @@ import datetime as _dt
 import json
 import re
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,17 +158,47 @@ def list_layer_parts(activations_dir: str, *, committed: set[str] | None = None)
             continue
         if is_remote(activations_dir):  # object-store listings drop the scheme; readers need it back
             files = [fs.unstrip_protocol(f) for f in files]
-        with get_fs(files[0])[0].open(get_fs(files[0])[1], "rb") as fh:
-            schema = pq.read_schema(fh)
-        if "image_id" not in schema.names:
-            raise InputError(f"{files[0]!r} has no image_id column; found {schema.names[:5]}…")
-        units = [n for n in schema.names if is_unit_column(n)]
-        if not units:
-            raise InputError(f"{files[0]!r} has no unit columns (u00000, u00001, …)")
-        layers.append(LayerParts(layer_from_dirname(name), files, units))
+        layers.append(LayerParts(layer_from_dirname(name), files, _unit_columns_of(files)))
     if not layers:
         raise InputError(f"no <layer>/part-*.parquet files under {activations_dir!r}")
     return layers
+
+
+def _read_schema(uri: str):
+    fs, path = get_fs(uri)
+    try:
+        with fs.open(path, "rb") as fh:
+            return pq.read_schema(fh)
+    except (OSError, ValueError) as exc:  # pyarrow raises ArrowInvalid (a ValueError) on a broken footer
+        raise InputError(f"part file {uri!r} cannot be read as Parquet: {exc}") from exc
+
+
+def _unit_columns_of(files: list[str]) -> list[str]:
+    """The unit columns every part file of a layer shares, in file order; an error names any file that differs.
+
+    Units are identified by column name (``u00042`` is unit 42), so all parts of a layer must hold the same
+    unit columns: a part missing one would otherwise shift every unit after it.
+    """
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        schemas = list(pool.map(_read_schema, files))
+    first = schemas[0]
+    if "image_id" not in first.names:
+        raise InputError(f"{files[0]!r} has no image_id column; found {first.names[:5]}…")
+    units = [n for n in first.names if is_unit_column(n)]
+    if not units:
+        raise InputError(f"{files[0]!r} has no unit columns (u00000, u00001, …)")
+    for uri, schema in zip(files[1:], schemas[1:]):
+        other = [n for n in schema.names if is_unit_column(n)]
+        if "image_id" not in schema.names or set(other) != set(units):
+            missing = sorted(set(units) - set(other))[:5]
+            extra = sorted(set(other) - set(units))[:5]
+            detail = "no image_id column" if "image_id" not in schema.names else (
+                f"missing {missing or 'none'}, extra {extra or 'none'}")
+            raise InputError(
+                f"part files of one layer disagree on their columns: {uri!r} has {len(other):,} unit columns "
+                f"and {files[0]!r} has {len(units):,} ({detail}); every part of a layer must hold the same units"
+            )
+    return units
 
 
 class RunDir:

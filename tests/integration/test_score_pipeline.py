@@ -126,3 +126,35 @@ def test_degenerate_inputs_are_counted_not_fatal(ray_local, tmp_path):
     assert neurons["n_nonfinite"].tolist() == [2, 1, 0]
     table = pd.read_parquet(tmp_path / "out" / "neuron_concepts.parquet")
     assert table["auc"].notna().all() and len(table) == 3
+
+
+def test_units_are_their_columns(ray_local, tmp_path):
+    """A layer whose parts all lack u00000 reports u00001 as unit 1 (not 0); parts that disagree are an error."""
+    from neuronscan.errors import InputError
+
+    rng = np.random.default_rng(3)
+    ids = np.arange(60)
+    y = rng.random(60) < 0.4
+    acts = rng.normal(size=(60, 3))
+    acts[:, 2] += 3 * y  # unit 2 is the planted one
+    d = tmp_path / "acts" / "conv"
+    d.mkdir(parents=True)
+    for i, idx in enumerate(np.array_split(ids, 2)):
+        cols = {"image_id": pa.array(ids[idx], pa.int64())}
+        cols |= {f"u{k:05d}": pa.array(acts[idx, k].astype(np.float32)) for k in (1, 2)}
+        pq.write_table(pa.table(cols), d / f"part-{i:03d}.parquet")
+    labels = pd.DataFrame({"image_id": ids[y], "concept": "x"})
+    cfg = config_from_dict({"data": {"folder": "."}, "model": {"name": "-", "layers": ["-"]},
+                            "score": {"n_perm": 0, "compositional": {"enabled": False}}})
+    run_score(activations_dir=str(tmp_path / "acts"), labels=labels, out_dir=str(tmp_path / "out"),
+              score_cfg=cfg.score, quiet=True)
+    neurons = pd.read_parquet(tmp_path / "out" / "neurons.parquet")
+    table = pd.read_parquet(tmp_path / "out" / "neuron_concepts.parquet")
+    assert neurons["unit"].tolist() == [1, 2] and sorted(table["unit"].unique()) == [1, 2]
+    assert neurons.set_index("unit").loc[2, "best_auc"] == pytest.approx(roc_auc_score(y, acts[:, 2]))
+    # One part with a unit column fewer: an error that names both files, before any scoring.
+    pq.write_table(pa.table({"image_id": pa.array([100], pa.int64()), "u00002": pa.array([0.0], pa.float32())}),
+                   d / "part-002.parquet")
+    with pytest.raises(InputError, match=r"part-002\.parquet.*part-000\.parquet.*missing \['u00001'\]"):
+        run_score(activations_dir=str(tmp_path / "acts"), labels=labels, out_dir=str(tmp_path / "out2"),
+                  score_cfg=cfg.score, quiet=True)

@@ -106,3 +106,19 @@ def test_run_ids():
     assert run_id_time("nightly") is None
     assert new_run_id() != rid
     assert model_folder("") == "model"
+
+
+def test_parts_that_disagree_on_units_are_an_error(tmp_path):
+    """The alphabetically first part lacking a unit column used to renumber every unit after it."""
+    from neuronscan.io import list_layer_parts
+
+    run = RunDir(str(tmp_path))
+    _part(run, "a", "p2", [2, 3], n_units=3)
+    table = pa.table({"image_id": pa.array([0, 1], pa.int64()), "u00000": pa.array([1.0, 2.0], pa.float32()),
+                      "u00002": pa.array([1.0, 2.0], pa.float32())})
+    write_parquet_atomic(table, run.activation_part("a", "p1"))
+    with pytest.raises(InputError, match=r"part-p2\.parquet.*part-p1\.parquet.*extra \['u00001'\]"):
+        list_layer_parts(run.activations_dir)
+    (tmp_path / "activations" / "a" / "part-p1.parquet").write_bytes(b"PAR1 truncated")
+    with pytest.raises(InputError, match=r"part-p1\.parquet.*cannot be read as Parquet"):
+        list_layer_parts(run.activations_dir)
