@@ -122,3 +122,13 @@ def test_model_mean_and_std_are_independent_and_accept_yaml_strings():
     assert (cfg.model.mean, cfg.model.std) == (None, (0.1, 0.2, 1.0))
     cfg = config_from_dict({**MINIMAL, "model": {**MINIMAL["model"], "mean": [0, 1, 0.5]}})
     assert (cfg.model.mean, cfg.model.std) == ((0.0, 1.0, 0.5), None)
+
+
+def test_a_key_given_twice_is_an_error_not_the_last_one_wins(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("data: {folder: imgs}\nmodel:\n  name: resnet18\n  layers: [layer4]\n  name: resnet50\n")
+    with pytest.raises(ConfigError, match=r"line 5.*key 'name' appears twice \(first on line 3\)"):
+        load_config(path)
+    path.write_text("data: {folder: imgs}\nmodel: {name: resnet18, layers: [layer4]}\nmodel: {name: x, layers: [y]}\n")
+    with pytest.raises(ConfigError, match="key 'model' appears twice"):
+        load_config(path)
