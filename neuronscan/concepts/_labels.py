@@ -47,8 +47,23 @@ def read_labels(path: str) -> pd.DataFrame:
         raise InputError(f"labels file {path!r} has no rows: nothing to score against. Add (image_id, concept) rows.")
     if df["image_id"].isna().any() or df["concept"].isna().any():
         raise InputError(f"labels file {path!r} has null image_id or concept values")
-    out = pd.DataFrame({"image_id": df["image_id"].astype("int64"), "concept": df["concept"].astype(str)})
-    return out
+    return pd.DataFrame({"image_id": _integer_ids(df["image_id"], path), "concept": df["concept"].astype(str)})
+
+
+def _integer_ids(ids: pd.Series, path: str) -> np.ndarray:
+    """``image_id`` as int64, refusing values that are not whole numbers (``img_0``, ``0.5``) instead of casting."""
+    numeric = pd.to_numeric(ids, errors="coerce")
+    values = numeric.to_numpy(dtype=np.float64, na_value=np.nan) if numeric.dtype.kind != "i" else None
+    if values is not None:
+        bad = ~np.isfinite(values) | (values != np.round(values)) | (np.abs(values) > 2**53)
+        if bad.any():
+            shown = [repr(v) for v in ids[bad].head(3).tolist()]
+            raise InputError(
+                f"labels file {path!r}: image_id must be whole numbers (the probe's image ids); "
+                f"{int(bad.sum()):,} row(s) are not, e.g. {', '.join(shown)}"
+            )
+        return values.astype(np.int64)
+    return numeric.to_numpy(dtype=np.int64)
 
 
 def read_hierarchy(path: str) -> list[tuple[str, str]]:
