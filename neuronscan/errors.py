@@ -6,7 +6,7 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["NeuronscanError", "ConfigError", "InputError", "ModelError", "NoImagesError"]
+__all__ = ["NeuronscanError", "ConfigError", "InputError", "ModelError", "NoImagesError", "RunMismatchError"]
 
 
 class NeuronscanError(Exception):
@@ -35,3 +35,7 @@ class ModelError(NeuronscanError, ValueError):
 
 class NoImagesError(InputError):
     """Every input of a probe failed: there is nothing to score. The message gives the failure reasons."""
+
+
+class RunMismatchError(InputError):
+    """A run id was started again with settings other than those its tables were made with."""

@@ -1,14 +1,14 @@
 """Ray dataflows: probe, score, audit. The CLI (a submitted job runs it too) calls only these:
 
 - `run_audit` — probe → score → report under ``OUT/<model>/<run_id>/``, with ``run.json``;
-- `score_run` — score a probed run in place;
+- `score_run` — score a probed run in place; `report_run` — (re)write its HTML report;
 - `run_score` — score activations made elsewhere (``<layer>/part-*.parquet`` + labels);
 - `run_dir_for` — the run directory a config resolves to (fixed before a job is submitted);
 - `init_ray` — join a cluster or start an embedded Ray.
 """
 
 from pipelines._ray import init_ray
-from pipelines.audit import run_audit, run_dir_for, score_run
+from pipelines.audit import report_run, run_audit, run_dir_for, score_run
 from pipelines.score import run_score
 
-__all__ = ["init_ray", "run_audit", "run_dir_for", "run_score", "score_run"]
+__all__ = ["init_ray", "report_run", "run_audit", "run_dir_for", "run_score", "score_run"]

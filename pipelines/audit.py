@@ -13,7 +13,7 @@ from neuronscan.config import RunConfig
 from neuronscan.errors import NoImagesError
 from neuronscan.io import RunDir, new_run_id, read_parquet
 
-__all__ = ["run_audit", "run_dir_for", "versions", "score_run"]
+__all__ = ["run_audit", "run_dir_for", "versions", "score_run", "report_run"]
 
 
 def run_dir_for(cfg: RunConfig) -> tuple[RunDir, str]:
@@ -55,42 +55,90 @@ def score_run(cfg: RunConfig, run_dir: str | RunDir, *, quiet: bool = False):
         clip_cfg=cfg.probe.clip,
         quiet=quiet,
     )
-    # Dict values merge one level deep: these keys join the probe's counts and timings.
+    # Dict values merge one level deep: these keys join the probe's counts and timings, and the score
+    # section of the recorded config becomes the one this stage ran with (a rescore with overrides).
     run.update_info({
         "counts": {"concepts": summary.n_concepts, "scored_images": summary.n_images, "tests": summary.n_tests,
                    "significant_pairs": summary.n_significant},
         "timings": {"score_s": round(summary.seconds, 3)},
-        "score": summary.counts,
+        "score": {**summary.counts, "scored": _now()},
+        "config": {"score": cfg.score.model_dump(mode="json")},
     })
     return summary
 
 
-def run_audit(cfg: RunConfig, *, quiet: bool = False, report: bool = True, stages=("probe", "score")) -> dict:
-    """Run the configured stages under the run directory and return the final run.json."""
+def report_run(run: RunDir) -> str | None:
+    """Write the run's HTML report (local runs) and record it in run.json; return its path."""
+    if run.is_remote:
+        return None
+    from neuronscan.report import write_report
+
+    t = time.perf_counter()
+    path = write_report(run.root)
+    run.update_info({"report": str(path), "timings": {"report_s": round(time.perf_counter() - t, 3)}})
+    return str(path)
+
+
+def run_audit(cfg: RunConfig, *, quiet: bool = False, report: bool = True, stages=("probe", "score"),
+              restart: bool = False) -> dict:
+    """Run the configured stages under the run directory and return the final run.json.
+
+    The run directory is locked for the whole call (`neuronscan.io.RunLock`): a second writer on the same
+    run id is refused at once. A run id that already exists is resumed only if its recorded fingerprint
+    (`pipelines._fingerprint`) matches this config; ``restart`` deletes its outputs and starts it again.
+
+    Raises:
+        RunLockedError: another process is writing this run.
+        RunMismatchError: the run was started with other settings (names the differing keys).
+    """
+    from neuronscan.io import RunLock
+
+    run, run_id = run_dir_for(cfg)
+    with RunLock(run.root, command=f"neuronscan {'run' if 'score' in stages else 'probe'} (run {run_id})"):
+        return _locked_audit(cfg, run, run_id, quiet=quiet, report=report, stages=stages, restart=restart)
+
+
+def _locked_audit(cfg: RunConfig, run: RunDir, run_id: str, *, quiet: bool, report: bool, stages,
+                  restart: bool) -> dict:
+    from neuronscan import __version__
+    from neuronscan.io import scrub
+    from pipelines._fingerprint import check_fingerprint, fingerprint
     from pipelines._ray import init_ray
     from pipelines.probe import prepare_probe
 
-    run, run_id = run_dir_for(cfg)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    if restart and run.exists():
+        say(f"--restart: deleted {run.clear():,} file(s) of run {run_id}")
     # Check inputs and model before starting Ray or writing anything, so a typo costs seconds, not a half run.
     plan = prepare_probe(cfg, run.root) if "probe" in stages else None
+    previous = run.read_info()
+    fp = None
+    if plan is not None:
+        fp = fingerprint(cfg, plan, version=__version__)
+        check_fingerprint(previous, fp, root=run.root, run_id=run_id)
+        if previous and "fingerprint" not in previous and plan.resumed_plan:
+            say(f"warning: run {run_id} predates run fingerprints; resuming it without checking its settings")
     say(f"run {run_id} → {run.root}")
     ray_info = init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory)
     started = _now()
-    run.update_info(
-        {
-            "run_id": run_id,
-            "name": cfg.run.name,
-            "run_dir": run.root,
-            "status": "running",
-            "started": started,
-            "model": {"name": cfg.model.name, "source": cfg.model.source, "weights": cfg.model.weights,
-                      "checkpoint": cfg.model.checkpoint, "layers": cfg.model.layers, "reduce": cfg.model.reduce},
-            "config": cfg.model_dump(mode="json"),
-            "versions": versions(),
-            "ray": ray_info,
-        },
-    )
+    patch = {
+        "run_id": run_id,
+        "name": cfg.run.name,
+        "run_dir": run.root,
+        "status": "running",
+        "started": started,
+        "finished": None,
+        "error": None,
+        "model": {"name": cfg.model.name, "source": cfg.model.source, "weights": cfg.model.weights,
+                  "checkpoint": cfg.model.checkpoint, "layers": cfg.model.layers, "reduce": cfg.model.reduce},
+        "config": cfg.model_dump(mode="json"),
+        "versions": versions(),
+        "ray": ray_info,
+    }
+    if fp is not None:
+        # Recorded before the first part is written: a resume compares against it.
+        patch["fingerprint"] = fp
+    run.update_info(patch)
     try:
         return _run_stages(cfg, run, plan, stages, report=report, quiet=quiet)
     except KeyboardInterrupt:
@@ -98,7 +146,7 @@ def run_audit(cfg: RunConfig, *, quiet: bool = False, report: bool = True, stage
         raise
     except Exception as exc:
         # run.json never stays "running" after the run ended: it says how it ended, and why.
-        run.update_info({"status": "failed", "finished": _now(), "error": f"{type(exc).__name__}: {exc}"})
+        run.update_info({"status": "failed", "finished": _now(), "error": scrub(f"{type(exc).__name__}: {exc}")})
         raise
 
 
@@ -127,12 +175,8 @@ def _run_stages(cfg: RunConfig, run: RunDir, plan, stages, *, report: bool, quie
     summary = None
     if "score" in stages:
         summary = score_run(cfg, run, quiet=quiet)
-    if report and "score" in stages and not run.is_remote:
-        from neuronscan.report import write_report
-
-        t = time.perf_counter()
-        path = write_report(run.root)
-        run.update_info({"report": str(path), "timings": {"report_s": round(time.perf_counter() - t, 3)}})
+    if report and "score" in stages:
+        report_run(run)
     final = run.update_info({"status": "complete", "finished": _now(), "error": None})
     final["_top_units"] = summary.top_units if summary is not None else pd.DataFrame()
     return final

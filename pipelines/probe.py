@@ -42,8 +42,11 @@ from neuronscan.io import (
     activation_schema,
     clip_schema,
     get_fs,
-    read_json,
     read_parquet,
+    redact_uri,
+    scrub,
+    scrub_obj,
+    uri_secrets,
     write_json_atomic,
     write_parquet_atomic,
 )
@@ -74,6 +77,11 @@ def decode_images(batch: dict[str, np.ndarray], *, size: int, max_pixels: int, r
             blobs.append(None)
             read_errors.append("missing: the input has no uri")
             continue
+        if str(uri).startswith("s3://") and redact_uri(str(uri)) != str(uri):
+            blobs.append(None)
+            read_errors.append(f"read_error: {redact_uri(str(uri))}: an s3:// URI cannot carry credentials "
+                               "(KEY:SECRET@); give them through the AWS environment or config instead")
+            continue
         try:
             blobs.append(read_blob(str(uri), cache))
             read_errors.append(None)
@@ -85,9 +93,12 @@ def decode_images(batch: dict[str, np.ndarray], *, size: int, max_pixels: int, r
             read_errors.append(f"read_error: {type(exc).__name__}: {exc}")
     pixels, ok, errors = decode_batch(blobs, size=size, max_pixels=max_pixels, resize=resize)
     errors = [r if r is not None else e for r, e in zip(read_errors, errors)]
+    # Library messages may echo a credential (botocore names a bucket "KEY:SECRET@bucket"): scrub each
+    # row's error of its own URI's userinfo and of credential environment values; store URIs without it.
+    errors = [None if e is None else scrub(e, uri_secrets([u])) for e, u in zip(errors, uris)]
     return {
         "image_id": np.asarray(batch["image_id"], dtype=np.int64),
-        "uri": np.asarray([("" if u is None else str(u)) for u in uris], dtype=object),
+        "uri": np.asarray([("" if u is None else redact_uri(str(u))) for u in uris], dtype=object),
         "ok": ok,
         "error": np.asarray(errors, dtype=object),
         "pixels": pixels,
@@ -361,7 +372,11 @@ class _Progress:
 
 @dataclass
 class ProbePlan:
-    """Everything checked before any work starts: inputs, labels, model layers and their unit counts."""
+    """Everything checked before any work starts: inputs, labels, model layers and their unit counts.
+
+    ``listing`` holds the URIs as given (credentials included, to read them); ``stored_listing`` is
+    what ``inputs.parquet`` and every other output holds: the same rows with userinfo removed.
+    """
 
     listing: pd.DataFrame
     labels: pd.DataFrame
@@ -372,28 +387,42 @@ class ProbePlan:
     outputs: dict[str, int]
     image_size: int
     resumed_plan: bool
+    stored_listing: pd.DataFrame = None
+    mean: tuple = (0.0, 0.0, 0.0)
+    std: tuple = (1.0, 1.0, 1.0)
+    state_sha256: str = ""
+
+    def __post_init__(self):
+        if self.stored_listing is None:
+            self.stored_listing = redacted_listing(self.listing)
+
+
+def redacted_listing(listing: pd.DataFrame) -> pd.DataFrame:
+    """The listing as outputs hold it: every URI without userinfo (``s3://KEY:SECRET@b/k`` → ``s3://b/k``)."""
+    from neuronscan.io import redact_uri
+
+    out = listing.copy()
+    out["uri"] = [redact_uri(u) if isinstance(u, str) else u for u in out["uri"].tolist()]
+    return out
 
 
 def prepare_probe(cfg, run_dir: str) -> ProbePlan:
-    """Resolve inputs (or the saved plan of a run being resumed) and the model's layers; write nothing.
+    """Resolve the inputs and the model's layers from ``cfg``; write nothing.
+
+    A resumed run is planned from its config again, so that `pipelines._fingerprint` can tell whether
+    the inputs, labels or model changed since the run started.
 
     Raises:
         InputError / ModelError: a missing folder, an empty labels file, an unknown layer, … — before Ray
             starts or anything is written.
     """
     from neuronscan.models import build_model, list_layers, resolve_layers
+    from pipelines._fingerprint import state_sha256
     from pipelines._inputs import plan_inputs
 
     run = RunDir(run_dir)
-    if run.exists(run.inputs):
-        listing = read_parquet(run.inputs).to_pandas(ignore_metadata=True)
-        labels = read_parquet(run.labels).to_pandas(ignore_metadata=True)
-        source = read_json(run.source)
-        hierarchy, resumed_plan = [], True
-    else:
-        planned = plan_inputs(cfg)
-        listing, labels, source, hierarchy = planned.listing, planned.labels, planned.source, planned.hierarchy
-        resumed_plan = False
+    planned = plan_inputs(cfg)
+    listing, labels, source, hierarchy = planned.listing, planned.labels, planned.source, planned.hierarchy
     mcfg = cfg.model
     model_kwargs = dict(name=mcfg.name, source=mcfg.source, weights=mcfg.weights, checkpoint=mcfg.checkpoint,
                         mean=mcfg.mean, std=mcfg.std)
@@ -404,7 +433,9 @@ def prepare_probe(cfg, run_dir: str) -> ProbePlan:
     layers = resolve_layers(mcfg.layers, available, model_name=mcfg.name)
     outputs = probe_layers(spec, layers, list(mcfg.reduce))
     size = spec.input_size
-    return ProbePlan(listing, labels, hierarchy, source, model_kwargs, layers, outputs, size, resumed_plan)
+    return ProbePlan(listing, labels, hierarchy, scrub_obj(source), model_kwargs, layers, outputs, size,
+                     run.exists(run.inputs), mean=tuple(spec.mean), std=tuple(spec.std),
+                     state_sha256=state_sha256(spec.module))
 
 
 def run_probe(cfg, run_dir: str, *, quiet: bool = False, plan: ProbePlan | None = None) -> ProbeSummary:
@@ -438,8 +469,9 @@ def run_probe(cfg, run_dir: str, *, quiet: bool = False, plan: ProbePlan | None 
             write_parquet_atomic(pa.Table.from_pandas(hier, schema=HIERARCHY_SCHEMA, preserve_index=False),
                                  run.hierarchy)
         write_json_atomic(source, run.source)
-        # The listing is written last: its presence marks a planned run that a resume can trust.
-        write_parquet_atomic(pa.Table.from_pandas(listing, schema=INPUTS_SCHEMA, preserve_index=False), run.inputs)
+        # The listing is written last: its presence marks a planned run.
+        write_parquet_atomic(pa.Table.from_pandas(plan.stored_listing, schema=INPUTS_SCHEMA, preserve_index=False),
+                             run.inputs)
     mcfg = cfg.model
     model_kwargs, layers, outputs, size = plan.model_kwargs, plan.layers, plan.outputs, plan.image_size
 
@@ -516,7 +548,8 @@ def run_probe(cfg, run_dir: str, *, quiet: bool = False, plan: ProbePlan | None 
             f"{images.index[lost][:5].tolist()}); rerun with the same run id to resume"
         )
     images = images.reset_index()
-    images["uri"] = listing["uri"].astype(object).where(listing["uri"].notna(), "").astype(str).to_numpy()
+    stored = plan.stored_listing["uri"]
+    images["uri"] = stored.astype(object).where(stored.notna(), "").astype(str).to_numpy()
     write_parquet_atomic(pa.Table.from_pandas(images[IMAGES_SCHEMA.names], schema=IMAGES_SCHEMA, preserve_index=False),
                          run.images)
     n_ok = int((images["status"] == "ok").sum())

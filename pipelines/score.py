@@ -21,23 +21,30 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from neuronscan.concepts import LabelMatrix, ancestors_map, build_label_matrix
-from neuronscan.errors import InputError
+from neuronscan.errors import InputError, NeuronscanError
 from neuronscan.io import (
     CLIP_LABELS_SCHEMA,
     NEURON_CONCEPTS_SCHEMA,
     NEURONS_SCHEMA,
     LayerParts,
+    PartFileError,
     RunDir,
-    get_fs,
     join,
     list_layer_parts,
+    read_part,
     write_parquet_atomic,
 )
 
-__all__ = ["run_score", "ScoreSummary", "ShardParams", "score_shard"]
+__all__ = ["run_score", "ScoreSummary", "ShardParams", "score_shard", "ScoreTaskError", "TASK_RETRIES"]
+
+TASK_RETRIES = 2
+"""Times a score task whose worker died (killed, out of memory) is run again before the run fails."""
+
+
+class ScoreTaskError(NeuronscanError):
+    """A score task failed on every attempt (its worker died each time); the message names its units."""
 
 log = logging.getLogger("neuronscan")
 
@@ -95,13 +102,15 @@ class ShardParams:
 def _read_columns(files: list[str], columns: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Read ``image_id`` + ``columns`` from every file; return sorted unique ids and (n_images, n_cols) float32.
 
-    An image that appears in several parts (a retried batch) keeps its first occurrence.
+    An image that appears in several parts (a retried batch) keeps its first occurrence (discovery has
+    checked that every occurrence holds the same values). Page checksums are verified on read.
+
+    Raises:
+        PartFileError: a file is unreadable or fails its checksums (names the file).
     """
 
     def read(f: str) -> pa.Table:
-        fs, path = get_fs(f)
-        with fs.open(path, "rb") as fh:
-            return pq.read_table(fh, columns=["image_id", *columns])
+        return read_part(f, ["image_id", *columns])
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         tables = list(pool.map(read, files))
@@ -122,18 +131,58 @@ def _read_columns(files: list[str], columns: list[str]) -> tuple[np.ndarray, np.
     return uniq, values[first]
 
 
-def read_image_ids(files: list[str]) -> tuple[np.ndarray, int]:
-    """Sorted unique image ids of a layer's parts, and how many rows were duplicates."""
+def read_image_ids(files: list[str], units: list[str] | None = None) -> tuple[np.ndarray, int]:
+    """Sorted unique image ids of a layer's parts, and how many rows were duplicates.
+
+    An image in several parts (a batch retried after its first write) must hold the same values in
+    each; with ``units`` given, that is checked.
+
+    Raises:
+        PartFileError: a file is unreadable, or two files hold different values for one image (names both).
+    """
 
     def read(f: str) -> np.ndarray:
-        fs, path = get_fs(f)
-        with fs.open(path, "rb") as fh:
-            return pq.read_table(fh, columns=["image_id"]).column("image_id").to_numpy()
+        return read_part(f, ["image_id"]).column("image_id").to_numpy()
 
     with ThreadPoolExecutor(max_workers=4) as pool:
-        ids = np.concatenate(list(pool.map(read, files)))
+        per_file = list(pool.map(read, files))
+    ids = np.concatenate(per_file)
     uniq = np.unique(ids)
-    return uniq, int(len(ids) - len(uniq))
+    n_dups = int(len(ids) - len(uniq))
+    if n_dups and units is not None:
+        _check_duplicate_rows(files, per_file, units)
+    return uniq, n_dups
+
+
+def _check_duplicate_rows(files: list[str], per_file: list[np.ndarray], units: list[str]) -> None:
+    """Every image that appears in several files holds equal values (NaN equal to NaN) in each."""
+    ids = np.concatenate(per_file)
+    owner = np.repeat(np.arange(len(files)), [len(a) for a in per_file])
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    repeated = np.zeros(len(ids), dtype=bool)
+    repeated[1:] = sorted_ids[1:] == sorted_ids[:-1]
+    repeated[:-1] |= repeated[1:]
+    dup_ids = np.unique(sorted_ids[repeated])
+    involved = sorted(set(owner[order[repeated]].tolist()))
+    rows: dict[int, list[tuple[str, np.ndarray]]] = {}
+    for k in involved:
+        table = read_part(files[k], ["image_id", *units])
+        tid = table.column("image_id").to_numpy()
+        keep = np.isin(tid, dup_ids)
+        values = np.column_stack([table.column(c).to_numpy()[keep] for c in units])
+        for image_id, row in zip(tid[keep].tolist(), values):
+            rows.setdefault(image_id, []).append((files[k], row))
+    for image_id, seen in rows.items():
+        first_file, first = seen[0]
+        for other_file, other in seen[1:]:
+            if not np.array_equal(first, other, equal_nan=True):
+                j = int(np.flatnonzero(~((first == other) | (np.isnan(first) & np.isnan(other))))[0])
+                raise PartFileError(
+                    f"image {image_id} has different activations in {first_file!r} and {other_file!r} "
+                    f"({units[j]}: {first[j]!r} vs {other[j]!r}); parts of two probes were mixed in one folder or "
+                    "a part was rewritten. Remove the wrong part (or probe into a new run id)"
+                )
 
 
 def score_shard(
@@ -155,7 +204,8 @@ def score_shard(
 
     ids, acts = _read_columns(files, columns)
     if len(ids) != len(image_ids) or not np.array_equal(ids, image_ids):
-        raise RuntimeError("a shard read a different set of images than the layer's index; were parts rewritten?")
+        raise PartFileError(f"the part files of a layer changed while it was scored (first file: {files[0]!r}): "
+                            "a shard read other images than discovery did; score the run again")
     comp = params.compositional
     need_ranks = (params.n_perm > 0 or comp is not None) and len(concepts) > 0
     with warnings.catch_warnings():
@@ -245,7 +295,7 @@ def _discover(activations_dir: str, labels: pd.DataFrame, hierarchy, committed: 
     layer_ids: dict[str, np.ndarray] = {}
     mats: dict[str, LabelMatrix] = {}
     for lp in parts:
-        ids, dups = read_image_ids(lp.files)
+        ids, dups = read_image_ids(lp.files, lp.units)
         counts["duplicate_image_rows"] += dups
         key = ids.tobytes()
         if key not in index_cache:
@@ -274,7 +324,7 @@ def _dispatch(found: _Layers, params: ShardParams, score_cfg, clip_obj: dict | N
     import ray
 
     shard = score_cfg.units_per_shard
-    task = ray.remote(score_shard).options(num_cpus=score_cfg.cpus_per_task, max_retries=2)
+    task = ray.remote(score_shard).options(num_cpus=score_cfg.cpus_per_task, max_retries=TASK_RETRIES)
     # Layers probed on the same images share one label matrix (and id index) in the object store.
     put_cache: dict[int, tuple] = {}
     clip_ref = ray.put(clip_obj) if clip_obj is not None else None
@@ -286,24 +336,49 @@ def _dispatch(found: _Layers, params: ShardParams, score_cfg, clip_obj: dict | N
         lab_ref, ids_ref = put_cache[id(mat)]
         for start in range(0, len(lp.units), shard):
             cols = lp.units[start : start + shard]
-            futures.append((lp.layer, task.remote(lp.files, cols, start, ids_ref, lab_ref, found.concepts, params,
-                                                  clip_ref)))
+            futures.append(((lp.layer, cols[0], cols[-1]),
+                            task.remote(lp.files, cols, start, ids_ref, lab_ref, found.concepts, params, clip_ref)))
     n_images = len(found.image_ids[found.parts[0].layer])
     say(f"score: {found.total_units:,} units × {len(found.concepts):,} concepts over {n_images:,} images "
         f"in {len(futures)} shard(s) of ≤ {shard} units")
     results: dict[str, list[dict]] = {lp.layer: [] for lp in found.parts}
-    pending = {ref: layer for layer, ref in futures}
+    pending = {ref: what for what, ref in futures}
     done = 0
     last = time.perf_counter()
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
-            results[pending.pop(ref)].append(ray.get(ref))
+            what = pending.pop(ref)
+            try:
+                results[what[0]].append(ray.get(ref))
+            except BaseException as exc:
+                for other in pending:
+                    ray.cancel(other, force=True)
+                raise _task_failure(exc, what, shard) from None
             done += 1
         if time.perf_counter() - last > 5 or not pending:
             last = time.perf_counter()
             say(f"  score: {done}/{len(futures)} shards")
     return results
+
+
+def _task_failure(exc: BaseException, what: tuple[str, str, str], shard: int) -> BaseException:
+    """The error a failed score task ends the run with: a user's problem as one line, a bug as itself."""
+    import ray
+
+    layer, first, last = what
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = getattr(exc, "cause", None)
+        return cause if isinstance(cause, NeuronscanError) else exc
+    if isinstance(exc, ray.exceptions.RayError):
+        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+        return ScoreTaskError(
+            f"score task for layer {layer} units {first}–{last} failed on all {TASK_RETRIES + 1} attempts "
+            f"({type(exc).__name__}: {first_line}). A worker that dies is most often out of memory: lower "
+            f"score.units_per_shard (now {shard}) or give each task more memory, then score again "
+            "(neuronscan score --run RUN_DIR)"
+        )
+    return exc
 
 
 def _reduce(found: _Layers, results: dict[str, list[dict]]) -> tuple[dict[str, dict], np.ndarray, np.ndarray]:
@@ -504,12 +579,8 @@ def run_score(
 def _prepare_clip(run: RunDir, clip_cfg, concepts: list[str]) -> tuple[dict | None, list[str]]:
     from neuronscan.clip import embed_texts, load_clip, load_vocabulary
 
-    fs, path = get_fs(run.clip)
-    files = [join(path, n) for n in run.committed_part_files(run.clip)]  # a crashed batch's never count
-    tables = []
-    for f in files:
-        with fs.open(f, "rb") as fh:
-            tables.append(pq.read_table(fh))
+    # A crashed batch's parts never count; page checksums are verified as for activations.
+    tables = [read_part(join(run.clip, n)) for n in run.committed_part_files(run.clip)]
     if not tables:
         return None, []
     table = pa.concat_tables(tables)

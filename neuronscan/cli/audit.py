@@ -17,11 +17,15 @@ def add_parsers(sub) -> dict:
                                         "neuronscan run configs/imagenet_resnet50.yaml --address ray://head:10001"))
     add_config_args(p)
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    p.add_argument("--restart", action="store_true",
+                   help="delete the outputs of this run id and start it again (instead of resuming it)")
 
     p = sub.add_parser("probe", help="run the model over the images and write activations", formatter_class=FORMATTER,
                        description="Probe stage only: writes images.parquet, activations/, topk/ under the run dir.",
                        epilog=examples("neuronscan probe configs/demo.yaml --run-id try1"))
     add_config_args(p)
+    p.add_argument("--restart", action="store_true",
+                   help="delete the outputs of this run id and start it again (instead of resuming it)")
 
     p = sub.add_parser("score", help="score activations against concept labels", formatter_class=FORMATTER,
                        description=textwrap.dedent("""\
@@ -40,6 +44,7 @@ def add_parsers(sub) -> dict:
     p.add_argument("--address", metavar="ADDR", help="Ray cluster address; default: RAY_ADDRESS, else local")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
                    help="override a score setting, e.g. --set score.n_perm=0")
+    p.add_argument("--no-report", action="store_true", help="with --run: do not rewrite the run's HTML report")
     p.add_argument("--quiet", "-q", action="store_true")
 
     p = sub.add_parser("validate", help="check a config; list every problem at once", formatter_class=FORMATTER,
@@ -60,7 +65,8 @@ def _cmd_run(args, stages=("probe", "score")) -> int:
     from pipelines import run_audit
 
     cfg = load_config(args.config, overrides(args))
-    result = run_audit(cfg, quiet=args.quiet, report=not getattr(args, "no_report", False), stages=stages)
+    result = run_audit(cfg, quiet=args.quiet, report=not getattr(args, "no_report", False), stages=stages,
+                       restart=args.restart)
     run_dir = result["run_dir"]
     counts = result.get("counts", {})
     print(f"\nrun {result['run_id']}: {counts.get('ok', 0):,} images ok, {counts.get('failed', 0):,} failed "
@@ -84,10 +90,11 @@ def _cmd_run(args, stages=("probe", "score")) -> int:
 def _cmd_score(args) -> int:
     from neuronscan.concepts import read_hierarchy, read_labels
     from neuronscan.config import apply_overrides, config_from_dict, load_config, parse_overrides
-    from neuronscan.io import RunDir
-    from pipelines import init_ray, run_score, score_run
+    from neuronscan.io import RunDir, RunLock
+    from pipelines import init_ray, report_run, run_score, score_run
 
     ov = parse_overrides(args.overrides)
+    report = None
     if args.run:
         if args.activations or args.labels:
             raise NeuronscanError("give either --run, or --activations with --labels, not both")
@@ -96,8 +103,12 @@ def _cmd_score(args) -> int:
         if not info or not isinstance(info.get("config"), dict):
             raise NeuronscanError(f"{run.info_uri} is missing or holds no config; is {args.run!r} a probed run?")
         cfg = config_from_dict(apply_overrides(info["config"], ov), run.info_uri)
-        init_ray(args.address or cfg.ray.address)
-        summary = score_run(cfg, run, quiet=args.quiet)
+        with RunLock(run.root, command=f"neuronscan score (run {run.run_id})"):
+            init_ray(args.address or cfg.ray.address)
+            summary = score_run(cfg, run, quiet=args.quiet)
+            # The report shows run.json's settings and counts: rewrite it so it tells this scoring.
+            if not args.no_report and (run.exists(run.path("report", "index.html")) or info.get("report")):
+                report = report_run(run)
         out = args.run
     else:
         if not (args.activations and args.labels and args.out):
@@ -119,6 +130,8 @@ def _cmd_score(args) -> int:
           "pairs significant")
     print(f"  {out.rstrip('/')}/neuron_concepts.parquet\n  {out.rstrip('/')}/neurons.parquet")
     print_top(summary.top_units)
+    if report:
+        print(f"\nreport: {report}")
     return 0
 
 

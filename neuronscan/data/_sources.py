@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from neuronscan.data._decode import DecodeError
-from neuronscan.io import INPUTS_SCHEMA, LABELS_SCHEMA
+from neuronscan.io import INPUTS_SCHEMA, LABELS_SCHEMA, redact_uri, scrub, uri_secrets
 
 __all__ = [
     "CONCEPT_SEPARATOR",
@@ -54,7 +54,6 @@ CONCEPT_SEPARATOR = "|"
 _CONCEPTS_DTYPE = pd.ArrowDtype(pa.list_(pa.string()))
 _MANIFEST_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
-_USERINFO = re.compile(r"(?<=//)[^/@\s]+@")
 
 log = logging.getLogger(__name__)
 
@@ -388,14 +387,6 @@ def read_blob(uri: str, filesystem_cache: MutableMapping[str, fsspec.AbstractFil
         raise DecodeError("read_error", f"{shown!r}: {type(exc).__name__}: {message}") from exc
 
 
-def redact_uri(uri: str) -> str:
-    """Drop credentials from a URI: ``user:secret@`` and, for http(s), the (possibly signed) query string."""
-    shown = _USERINFO.sub("***@", uri)
-    if shown.startswith(("http://", "https://")) and "?" in shown:
-        shown = shown.split("?", 1)[0] + "?<redacted>"
-    return shown
-
-
 def _broken_symlink(uri: str, shown: str) -> DecodeError | None:
     """``missing: broken symlink: …`` for a local path that is a symlink whose target cannot be reached, else None."""
     if fsspec.utils.get_protocol(uri) not in ("file", "local") or "::" in uri:
@@ -418,7 +409,7 @@ def _broken_symlink(uri: str, shown: str) -> DecodeError | None:
 
 def _redact_text(text: str, uri: str, shown: str) -> str:
     """Remove a URI's credentials from an error message that may quote it."""
-    return _USERINFO.sub("***@", text.replace(uri, shown))
+    return scrub(text.replace(uri, shown), uri_secrets([uri]))
 
 
 def _is_missing_key(exc: BaseException) -> bool:

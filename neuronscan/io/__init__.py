@@ -17,14 +17,18 @@ from neuronscan.io._fs import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from neuronscan.io._lock import RunLock, RunLockedError
+from neuronscan.io._redact import redact_uri, scrub, scrub_obj, uri_secrets
 from neuronscan.io._rundir import (
     RUN_ID_TIME,
     LayerParts,
+    PartFileError,
     RunDir,
     RunInfoError,
     list_layer_parts,
     model_folder,
     new_run_id,
+    read_part,
     run_alpha,
     run_id_time,
 )
@@ -47,6 +51,14 @@ from neuronscan.io._schemas import (
 __all__ = [
     "RunDir",
     "RunInfoError",
+    "RunLock",
+    "RunLockedError",
+    "PartFileError",
+    "read_part",
+    "redact_uri",
+    "scrub",
+    "scrub_obj",
+    "uri_secrets",
     "LayerParts",
     "list_layer_parts",
     "new_run_id",

@@ -104,11 +104,12 @@ def write_parquet_atomic(
             statistics of float columns cost ~half the write time and save nothing.
     """
     sink = pa.BufferOutputStream()
+    # Every page carries a CRC32 that readers verify (`read_parquet`): flipped bytes are an error, not data.
     if encoded_columns is None:
-        pq.write_table(table, sink, compression=compression)
+        pq.write_table(table, sink, compression=compression, write_page_checksum=True)
     else:
         pq.write_table(table, sink, compression=compression, use_dictionary=encoded_columns,
-                       write_statistics=encoded_columns)
+                       write_statistics=encoded_columns, write_page_checksum=True)
     write_bytes_atomic(uri, sink.getvalue().to_pybytes())
 
 
@@ -123,6 +124,11 @@ def read_json(uri: str) -> Any:
 
 
 def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
+    """Read a Parquet file (or some of its columns), verifying the page checksums neuronscan writes.
+
+    Raises:
+        OSError: a page fails its checksum, or the file is not Parquet (pyarrow's own errors).
+    """
     fs, path = get_fs(uri)
     with fs.open(path, "rb") as fh:
-        return pq.read_table(fh, columns=columns)
+        return pq.read_table(fh, columns=columns, page_checksum_verification=True)

@@ -2,7 +2,8 @@
 
 A run lives in ``OUT/<model>/<run_id>/`` (a local path or an ``s3://`` URI)::
 
-    run.json                               config, versions, counts, timings, status (RunDir.info_uri)
+    run.json                               config, fingerprint, versions, counts, timings, status (RunDir.info_uri)
+    run.lock                               who is writing the run (neuronscan.io.RunLock)
     inputs.parquet  labels.parquet  hierarchy.parquet   the planned inputs (written before probing)
     probe/source.json  probe/layers.json   where the inputs came from; the probed layers
     probe/commits/<part>.parquet           one per committed batch: its images and their status
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from neuronscan.errors import InputError
@@ -49,7 +51,9 @@ __all__ = [
     "RunDir",
     "LayerParts",
     "RunInfoError",
+    "PartFileError",
     "list_layer_parts",
+    "read_part",
     "new_run_id",
     "run_id_time",
     "model_folder",
@@ -64,6 +68,36 @@ _PART_PREFIX, _PARQUET = "part-", ".parquet"
 
 class RunInfoError(InputError):
     """``run.json`` exists but is not a readable JSON object."""
+
+
+class PartFileError(InputError):
+    """A part file is unreadable, fails its page checksums, or holds columns of the wrong type; names the file."""
+
+
+def _redo_hint(uri: str) -> str:
+    """How to redo the batch of a probe's part file (``RUN/activations/<layer>/part-<id>.parquet``)."""
+    m = re.search(r"^(.*)/activations/[^/]+/part-([^/]+)\.parquet$", str(uri))
+    if not m:
+        return "write it again"
+    return (f"delete {m.group(1)}/probe/commits/{m.group(2)}.parquet and rerun the probe with the same run id "
+            "to redo its batch")
+
+
+def read_part(uri: str, columns: list[str] | None = None) -> pa.Table:
+    """Read columns of a part file, verifying its page checksums.
+
+    Raises:
+        PartFileError: the file is truncated, not Parquet, lacks a column or fails a checksum.
+    """
+    try:
+        return read_parquet(uri, columns)
+    except (OSError, ValueError, pa.ArrowException) as exc:  # ArrowInvalid is a ValueError, IOError an OSError
+        raise PartFileError(f"part file {uri!r} cannot be read ({_short(exc)}); {_redo_hint(uri)}") from exc
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def new_run_id() -> str:
@@ -170,7 +204,18 @@ def _read_schema(uri: str):
         with fs.open(path, "rb") as fh:
             return pq.read_schema(fh)
     except (OSError, ValueError) as exc:  # pyarrow raises ArrowInvalid (a ValueError) on a broken footer
-        raise InputError(f"part file {uri!r} cannot be read as Parquet: {exc}") from exc
+        raise PartFileError(f"part file {uri!r} cannot be read as Parquet ({_short(exc)}); {_redo_hint(uri)}") from exc
+
+
+def _check_types(uri: str, schema: pa.Schema, units: list[str]) -> None:
+    """``image_id`` must be an integer column and every unit column a float one."""
+    id_type = schema.field("image_id").type
+    if not pa.types.is_integer(id_type):
+        raise PartFileError(f"part file {uri!r}: image_id is {id_type}, not an integer column (int64)")
+    bad = [n for n in units if not pa.types.is_floating(schema.field(n).type)]
+    if bad:
+        raise PartFileError(f"part file {uri!r}: unit column(s) {bad[:5]} are {schema.field(bad[0]).type}, "
+                            "not float32/float64")
 
 
 def _unit_columns_of(files: list[str]) -> list[str]:
@@ -187,6 +232,7 @@ def _unit_columns_of(files: list[str]) -> list[str]:
     units = [n for n in first.names if is_unit_column(n)]
     if not units:
         raise InputError(f"{files[0]!r} has no unit columns (u00000, u00001, …)")
+    _check_types(files[0], first, units)
     for uri, schema in zip(files[1:], schemas[1:]):
         other = [n for n in schema.names if is_unit_column(n)]
         if "image_id" not in schema.names or set(other) != set(units):
@@ -198,6 +244,7 @@ def _unit_columns_of(files: list[str]) -> list[str]:
                 f"part files of one layer disagree on their columns: {uri!r} has {len(other):,} unit columns "
                 f"and {files[0]!r} has {len(units):,} ({detail}); every part of a layer must hold the same units"
             )
+        _check_types(uri, schema, units)
     return units
 
 
@@ -325,6 +372,25 @@ class RunDir:
         fs, path = get_fs(uri or self.root)
         return fs.exists(path)
 
+    @property
+    def lock(self) -> str:
+        """``run.lock``: who is writing the run (see `neuronscan.io.RunLock`)."""
+        return self.path("run.lock")
+
+    def clear(self) -> int:
+        """Delete every file of the run but its lock (``--restart``); return how many were deleted."""
+        fs, root = get_fs(self.root)
+        if not fs.exists(root):
+            return 0
+        lock = get_fs(self.lock)[1]
+        files = [f for f in fs.find(root, withdirs=False) if f.rstrip("/") != lock]
+        if files:
+            fs.rm(files)
+        for sub in sorted(fs.ls(root, detail=False), reverse=True):  # leftover empty folders (local)
+            if sub.rstrip("/") != lock and fs.isdir(sub):
+                fs.rm(sub, recursive=True)
+        return len(files)
+
     # -- committed parts -------------------------------------------------------------------------------
     def committed_parts(self) -> set[str] | None:
         """Ids of committed probe batches, or None when the run has no commit records (all parts count)."""
@@ -413,7 +479,13 @@ class RunDir:
         return info
 
     def update_info(self, patch: dict[str, Any]) -> dict:
-        """Merge ``patch`` into ``run.json`` (top-level keys; dict values merged one level deep)."""
+        """Merge ``patch`` into ``run.json`` (top-level keys; dict values merged one level deep).
+
+        Every URI in it loses its userinfo (`neuronscan.io.scrub_obj`): ``run.json`` never holds a credential.
+        """
+        from neuronscan.io._redact import scrub_obj
+
+        patch = scrub_obj(patch, env=False)
         current = self.read_info() or {}
         for key, value in patch.items():
             if isinstance(value, dict) and isinstance(current.get(key), dict):
