@@ -49,14 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    from neuronscan.io import scrub
+
     try:
         return HANDLERS[args.command](args)
     except NeuronscanError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {scrub(exc)}", file=sys.stderr)  # never a credential a message may quote
         return 2
     except ValueError as exc:
         # Input validation in the data layer raises ValueError with a user-facing message.
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {scrub(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun with the same --run-id to resume", file=sys.stderr)

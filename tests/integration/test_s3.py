@@ -71,3 +71,36 @@ def test_probe_and_score_on_s3(s3_ray):
     # credentials never end up in outputs
     run_json = fs.cat_file(f"{BUCKET}/runs/tinycnn/s3run/run.json").decode()
     assert "testing" not in run_json.replace("s3://neuronscan-test", "")
+
+
+def test_an_s3_run_has_one_writer_and_a_stale_lease_is_taken_over(moto_s3, monkeypatch):
+    """On S3 the lock is a lease created with a conditional write: a second writer is refused at once."""
+    import json
+    import time
+
+    from neuronscan.io import RunLock, RunLockedError
+    from neuronscan.io import _lock as lock_mod
+
+    moto_s3(BUCKET)
+    root = f"s3://{BUCKET}/runs/tinycnn/locked"
+    fs, _ = get_fs(root)
+    first = RunLock(root, command="neuronscan run (nightly)").acquire()
+    try:
+        lease = json.loads(fs.cat_file(f"{BUCKET}/runs/tinycnn/locked/run.lock"))
+        assert lease["command"] == "neuronscan run (nightly)" and lease["token"] == first.holder["token"]
+        with pytest.raises(RunLockedError, match=r"neuronscan run \(nightly\) on host .*, pid \d+, since 20"):
+            RunLock(root, command="neuronscan run (manual)").acquire()
+    finally:
+        first.release()
+    assert not fs.exists(f"{BUCKET}/runs/tinycnn/locked/run.lock")  # released: the lease is gone
+
+    # A holder that died stops renewing its lease; once it is older than the TTL the next writer takes it.
+    fs.pipe_file(f"{BUCKET}/runs/tinycnn/locked/run.lock",
+                 json.dumps({"command": "neuronscan run (crashed)", "token": "dead", "heartbeat": time.time() - 10}
+                            ).encode())
+    with pytest.raises(RunLockedError, match="crashed"):
+        RunLock(root).acquire()
+    monkeypatch.setattr(lock_mod, "S3_LEASE_TTL_S", 5.0)
+    with RunLock(root, command="neuronscan run (next)") as taken:
+        lease = json.loads(fs.cat_file(f"{BUCKET}/runs/tinycnn/locked/run.lock"))
+        assert lease["token"] == taken.holder["token"]
