@@ -27,6 +27,7 @@ from torch import nn
 # Importing the built-ins registers them; _builtin imports only _spec, so this is no cycle.
 import neuronscan.models._builtin  # noqa: F401
 from neuronscan.errors import ModelError
+from neuronscan.models._files import describe, file_kind, torch_error_summary
 from neuronscan.models._spec import IMAGENET_MEAN, IMAGENET_STD, LayerInfo, ModelSpec, _Entry, register_model
 from neuronscan.models._spec import REGISTRY as _REGISTRY
 
@@ -48,17 +49,43 @@ def registered_models() -> dict[str, _Entry]:
     return dict(_REGISTRY)
 
 
+_SAVE_HINT = "neuronscan loads plain state dicts only (torch.save(model.state_dict(), path))"
+
+
+def _checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a state-dict file, from its bytes alone; None when torch.load should try."""
+    kind = file_kind(path)
+    where = f"checkpoint {str(path)!r}"
+    if kind == "missing":
+        return f"{where} does not exist"
+    if kind in ("torch.save", "pickle"):
+        return None
+    if kind == "export":
+        return (f"{where} is a torch.export archive (.pt2), not a state dict: give it as model.name (it carries its "
+                "own weights) and leave model.checkpoint unset")
+    if kind == "torchscript":
+        return (f"{where} is a TorchScript archive, not a state dict: save its weights with "
+                "torch.save(torch.jit.load(path).state_dict(), 'weights.pt') and give that file")
+    return f"{where} is {describe(path, kind)}, not a PyTorch checkpoint; {_SAVE_HINT}"
+
+
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a local checkpoint safely (``weights_only=True``), unwrapping common containers."""
+    """Load a local checkpoint safely (``weights_only=True``), unwrapping common containers.
+
+    Raises:
+        ModelError: the file is missing, empty, truncated, not a torch.save file, or holds something other
+            than tensors; the message names the file and what it holds.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"checkpoint {str(path)!r} does not exist")
+    problem = _checkpoint_problem(path)
+    if problem:
+        raise ModelError(problem)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, unsupported globals, corrupt zip
+    except Exception as exc:  # pickle errors, unsupported globals, corrupt records
         raise ModelError(
-            f"could not load checkpoint {str(path)!r} with weights_only=True: {exc}. "
-            "neuronscan loads plain state dicts only (torch.save(model.state_dict(), path))."
+            f"could not load checkpoint {str(path)!r} with weights_only=True: {torch_error_summary(exc)}. "
+            f"{_SAVE_HINT}."
         ) from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
@@ -194,7 +221,19 @@ def _torchscript_refusal(name: str) -> str:
     # raises "RuntimeError: register_forward_hook is not supported on ScriptModules" (torch 2.14, scripted and
     # traced alike). Converting it (torch._export.converter.TS2EPConverter) inlines the submodules' calls into
     # one flat graph, so hooks on the unflattened layers never fire either: no layer could be recorded.
-    missing = "" if Path(name).is_file() else " (and the file does not exist)"
+    kind = file_kind(name)
+    if kind in ("torch.save", "pickle"):  # a .pt/.jit that holds a state dict or a pickled module, not TorchScript
+        return (f"{name!r} is a torch.save checkpoint, not a model neuronscan can build: give its architecture as "
+                f"model.name (a registered or torchvision name, or package.module:function) and {name!r} as "
+                "model.checkpoint")
+    if kind == "export":
+        return (f"{name!r} is a torch.export archive: name it *.pt2, or set model.source: export")
+    if kind == "missing":
+        missing = " (and the file does not exist)"
+    elif kind == "torchscript":
+        missing = ""
+    else:
+        missing = f" (though the file is not TorchScript either: it is {describe(name, kind)})"
     return (
         f"{name!r} is a TorchScript file{missing}; neuronscan cannot probe TorchScript models: their layers "
         "run inside the compiled graph, where forward hooks do not fire. Give the model another way: "
@@ -202,6 +241,38 @@ def _torchscript_refusal(name: str) -> str:
         "'model.pt2'); model.name: model.pt2), or a factory returning the nn.Module (model.name: "
         "package.module:function). A .pt state dict goes in model.checkpoint with its architecture as model.name."
     )
+
+
+def _load_export(name: str) -> ModelSpec:
+    """A ``torch.export`` archive, unflattened (so forward hooks on named layers fire); one clear error if not."""
+    kind = file_kind(name)
+    where = f"torch.export archive {name!r}"
+    if kind == "missing":
+        raise ModelError(f"{where} does not exist")
+    if kind == "torchscript":
+        raise ModelError(_torchscript_refusal(name))
+    if kind in ("torch.save", "pickle"):
+        raise ModelError(f"{name!r} is a torch.save checkpoint, not a torch.export archive: give its architecture "
+                         f"as model.name and {name!r} as model.checkpoint, or export the model with "
+                         "torch.export.save(torch.export.export(model, (example_input,)), 'model.pt2')")
+    if kind != "export":
+        raise ModelError(f"{where} is {describe(name, kind)}, not an archive torch.export.save wrote; save one with "
+                         "torch.export.save(torch.export.export(model, (example_input,)), 'model.pt2')")
+    export_log = logging.getLogger("torch.export")
+    level = export_log.level
+    export_log.setLevel(logging.ERROR)  # torch logs a full traceback as a warning before raising its own error
+    try:
+        program = torch.export.load(name)
+    except Exception as exc:  # corrupt records, another torch's serialisation format
+        raise ModelError(f"could not load {where} with torch {torch.__version__}: {torch_error_summary(exc)}; the "
+                         "file is corrupt, or another torch version exported it: export it again") from exc
+    finally:
+        export_log.setLevel(level)
+    try:
+        module = torch.export.unflatten(program)
+    except Exception as exc:
+        raise ModelError(f"could not rebuild the layers of {where}: {torch_error_summary(exc)}") from exc
+    return ModelSpec(module, name=name, source="export")
 
 
 def _normalisation(key: str, value) -> tuple[float, float, float]:
@@ -254,10 +325,7 @@ def build_model(
     elif source == "torchscript":
         raise ModelError(_torchscript_refusal(name))
     elif source == "export":
-        if not Path(name).is_file():
-            raise ModelError(f"torch.export archive {name!r} does not exist")
-        # unflatten keeps the module hierarchy, so forward hooks on named layers fire
-        spec = ModelSpec(torch.export.unflatten(torch.export.load(name)), name=name, source="export")
+        spec = _load_export(name)
     elif source == "factory":
         spec = _factory(name, weights)
     else:
