@@ -17,19 +17,30 @@ How the pieces travel:
 
 The run id is fixed at submit time, so the run's directory (``run.out/<model>/<run_id>``) is known
 before the job starts; it is recorded in the job's metadata.
+
+Before Ray's client is made, the address gets a TCP check with a short timeout (`CONNECT_TIMEOUT_S`): an
+address where nothing listens is one clear error within seconds, not Ray's GCS retry loop (about 40 s, then
+an ``RpcError``). A bare ``HOST:PORT`` is the Jobs API at ``http://HOST:PORT`` when that answers as one, else
+Ray's own reading (a GCS address it asks for the dashboard's URL).
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import json
 import os
 import re
 import shlex
+import socket
 import time
 import tomllib
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from neuronscan.errors import InputError, NeuronscanError
 
@@ -46,6 +57,7 @@ __all__ = [
     "DEFAULT_EXCLUDES",
     "CONFIG_ENV",
     "TERMINAL_STATUSES",
+    "CONNECT_TIMEOUT_S",
 ]
 
 CONFIG_ENV = "NEURONSCAN_JOB_CONFIG"
@@ -71,6 +83,13 @@ DEFAULT_EXCLUDES = [
 so the ``neuronscan/data`` package and the packaged ``neuronscan/demo/*.pt`` checkpoint still travel)."""
 
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+
+CONNECT_TIMEOUT_S = 3.0
+"""Seconds to wait for a TCP connection to the cluster's address before saying it cannot be reached."""
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ray": 10001}
+_DASHBOARD_PORT = 8265
+_ADDRESS_ENV = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")  # Ray's client prefers these to the address it is given
 
 _AUTO = "auto"
 
@@ -199,8 +218,84 @@ def build_job_spec(
     )
 
 
+def _unreachable(host: str, port: int, timeout: float) -> str | None:
+    """Why a TCP connection to ``host:port`` fails within ``timeout`` seconds; None when it connects."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except socket.gaierror as exc:
+        return f"cannot resolve host {host!r}: {exc.strerror or exc}"
+    except TimeoutError:
+        return f"no answer from {host}:{port} within {timeout:g} s"
+    except ConnectionRefusedError:
+        return f"connection refused on {host}:{port}"
+    except OSError as exc:
+        return f"{exc.strerror or exc} on {host}:{port}"
+
+
+def _answers_jobs_api(url: str, timeout: float) -> bool:
+    """Whether ``url`` serves the Ray dashboard's ``/api/version`` (the Jobs API lives beside it)."""
+    try:
+        with urllib.request.urlopen(f"{url}/api/version", timeout=timeout) as response:  # noqa: S310 - http(s) only
+            return "ray_version" in json.loads(response.read(65536))
+    except (OSError, ValueError, http.client.HTTPException):  # URLError is an OSError
+        return False
+
+
+def _checked_address(address: str) -> str:
+    """``address`` as Ray's client should get it, once something is found listening there.
+
+    Raises:
+        NeuronscanError: the address is malformed, its host does not resolve, or nothing accepts a connection
+            on its port within `CONNECT_TIMEOUT_S`; the message names the address and the reason.
+    """
+    address = address.strip()
+    scheme, sep, _ = address.partition("://")
+    scheme = scheme.lower() if sep else ""
+    if address == "auto" or (sep and scheme not in _DEFAULT_PORTS):
+        return address  # a local cluster Ray finds itself, or a provider's scheme (anyscale://) Ray resolves
+    url = address if sep else f"http://{address}"
+    try:
+        parsed = urlsplit(url)
+        port = parsed.port
+    except ValueError as exc:
+        raise NeuronscanError(f"Ray address {address!r} is not HOST:PORT or a URL ({exc}); "
+                              "e.g. http://127.0.0.1:8265") from exc
+    host = parsed.hostname
+    if not host:
+        raise NeuronscanError(f"Ray address {address!r} names no host; e.g. http://127.0.0.1:8265")
+    if port is None:
+        port = _DEFAULT_PORTS[scheme] if sep else _DASHBOARD_PORT
+        if not sep:
+            url = f"http://{address}:{port}"
+    what = "Ray Client server" if scheme == "ray" else "Ray Jobs API"
+    reason = _unreachable(host, port, CONNECT_TIMEOUT_S)
+    if reason:
+        raise NeuronscanError(
+            f"cannot reach the {what} at {url} ({reason}): is the cluster up? The Jobs API is served by the "
+            f"head's dashboard (default port {_DASHBOARD_PORT}; the head needs ray[default] and "
+            "--include-dashboard=true); from outside Kubernetes forward it first: "
+            "kubectl port-forward svc/neuronscan-head-svc 8265:8265"
+        )
+    if sep or _answers_jobs_api(url, CONNECT_TIMEOUT_S):
+        return url
+    return address  # something else listens there: Ray reads a bare HOST:PORT as a GCS address
+
+
+@contextlib.contextmanager
+def _address_wins(address: str):
+    """While Ray's client is made, hide RAY_ADDRESS / RAY_API_SERVER_ADDRESS: it prefers them to its argument."""
+    keys = () if address == "auto" else _ADDRESS_ENV  # 'auto' means: what RAY_ADDRESS says, else a local Ray
+    saved = {k: os.environ.pop(k) for k in keys if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
 def _client(address: str | None):
     """A JobSubmissionClient for ``address`` (default ``RAY_ADDRESS``), with a clear error when unreachable."""
+    from ray.exceptions import RpcError
     from ray.job_submission import JobSubmissionClient
 
     address = address or os.environ.get("RAY_ADDRESS")
@@ -209,13 +304,19 @@ def _client(address: str | None):
             "no Ray address: pass the cluster's dashboard address, e.g. http://127.0.0.1:8265 "
             "(kubectl port-forward svc/neuronscan-head-svc 8265:8265), or set RAY_ADDRESS"
         )
+    target = _checked_address(address)
     try:
-        return JobSubmissionClient(address)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
+        with _address_wins(target):
+            return JobSubmissionClient(target)
+    except (ConnectionError, ValueError, RuntimeError, RpcError) as exc:
         raise NeuronscanError(
-            f"cannot reach the Ray Jobs API at {address!r}: {exc}. The Jobs API is served by the head's dashboard "
-            "(default port 8265; the head needs ray[default] and --include-dashboard=true)"
+            f"cannot reach the Ray Jobs API at {target}: {_one_line(exc)}. The Jobs API is served by the head's "
+            "dashboard (default port 8265; the head needs ray[default] and --include-dashboard=true)"
         ) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
 
 
 def _job_call(client, address: str | None, job_id: str, what: str, call):
@@ -226,6 +327,9 @@ def _job_call(client, address: str | None, job_id: str, what: str, call):
         if "404" in str(exc) or "does not exist" in str(exc):
             raise NeuronscanError(f"no job {job_id!r} on the Ray cluster at {address!r}") from exc
         raise NeuronscanError(f"could not {what} of job {job_id!r}: {exc}") from exc
+    except OSError as exc:  # requests' ConnectionError/Timeout: the head went away after the client was made
+        raise NeuronscanError(f"could not {what} of job {job_id!r}: lost the connection to the Ray Jobs API "
+                              f"at {address!r} ({_one_line(exc)})") from exc
 
 
 def _status(client, address: str | None, job_id: str) -> str:
@@ -293,6 +397,9 @@ def submit_spec(spec: JobSpec, *, address: str | None) -> str:
                                  submission_id=spec.submission_id)
     except (RuntimeError, ValueError) as exc:
         raise NeuronscanError(f"the Ray cluster at {address!r} refused the job: {exc}") from exc
+    except OSError as exc:  # requests' ConnectionError/Timeout: the head went away after the client was made
+        raise NeuronscanError(f"lost the connection to the Ray Jobs API at {address!r} while submitting the job "
+                              f"({_one_line(exc)})") from exc
 
 
 def job_status(job_id: str, *, address: str | None) -> str:

@@ -28,6 +28,7 @@ from neuronscan.registry import list_runs
 
 STARTUP_TIMEOUT_S = 120
 JOB_TIMEOUT_S = 420
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_ports(n: int) -> list[int]:
@@ -140,3 +141,21 @@ score: {{n_perm: 20, units_per_shard: 16, compositional: {{enabled: false}}}}
     info = pd.read_json(run_dir / "run.json", typ="series")
     assert info["config"]["score"]["alpha"] == 0.1  # the override travelled
     assert "run job1" in logs
+
+
+@pytest.mark.parametrize("form", ["127.0.0.1:{port}", "http://127.0.0.1:{port}"])
+def test_submit_to_an_address_where_nothing_listens_fails_fast_in_one_line(form):
+    # Before the address was checked, a bare HOST:PORT went to Ray's GCS lookup: an RpcError traceback after ~40 s.
+    port = _free_ports(1)[0]  # closed again: nothing listens there
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    env.update(HF_HUB_OFFLINE="1", RAY_AUTH_MODE="disabled", PYTHONPATH=str(ROOT))
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "neuronscan", "submit", "--address", form.format(port=port),
+                           "configs/demo.yaml"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    seconds = time.monotonic() - started
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: cannot reach the Ray Jobs API at http://127.0.0.1:{port} (connection "
+                                  f"refused on 127.0.0.1:{port}): is the cluster up?"), proc.stderr
+    assert seconds < 20, f"took {seconds:.1f} s"
+    assert proc.stdout == ""  # no job id: nothing was submitted
