@@ -1,9 +1,10 @@
-"""Per-batch cost of the probe actor alone (no Ray, no decode): forward, top-M, Parquet writes, commit.
+"""Per-batch cost of the probe actor alone (no Ray, no decode), and of the part writer beside it.
 
 Builds one ``ActivationProbe`` in this process and feeds it synthetic uint8 batches (as the decode
-stage would), then times ``__call__`` serially and with several threads calling at once (what
-``probe.actor_threads`` does inside a Ray actor), next to ``_forward`` alone (the model with its hooks
-and reductions, the copy to the device and the results back to the host).
+stage would), then times ``__call__`` (the whole actor path: model, hooks, reductions, results back to
+the host) serially and with several threads calling at once (what ``probe.actor_threads`` does inside
+a Ray actor), next to ``_forward`` alone. The actor writes nothing: ``write_parts`` (Parquet encoding,
+top-M, commit) runs in separate Ray tasks; its time per image is measured on one part of the batches.
 
     python benchmarks/probe_actor.py                                # CPU, resnet18, batch 64
     python benchmarks/probe_actor.py --device cuda --batch-size 256 # on a GPU machine
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from pipelines.probe import ActivationProbe
+    from pipelines.probe import ActivationProbe, write_parts
 
     def sync() -> None:
         if args.device == "cuda":
@@ -55,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     pixels.flags.writeable = False  # as Ray hands batches over
     with tempfile.TemporaryDirectory() as out:
         probe = ActivationProbe(
-            model={"name": args.model, "weights": "random"}, layers=args.layers, reduce=args.reduce, out=out,
-            topk=16, num_gpus=1 if args.device == "cuda" else 0, channels_last=True,
+            model={"name": args.model, "weights": "random"}, layers=args.layers, reduce=args.reduce,
+            num_gpus=1 if args.device == "cuda" else 0, channels_last=True,
         )
         counter = iter(range(10**9))
 
@@ -87,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
                     list(pool.map(probe, batches))
             sync()
             calls[threads] = (time.perf_counter() - t) / args.batches
+        # One part of every timed batch, written as a write_parts task would (off the actor's path).
+        outs = [probe(batch()) for _ in range(args.batches)]
+        names = [k[2:] for k in outs[0] if k.startswith("v:")]
+        part = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+        t = time.perf_counter()
+        write_parts(part, out=out, outputs=names, topk=16)
+        write_s = time.perf_counter() - t
     fwd = statistics.median(forward)
     result = {
         "benchmark": "probe_actor", "model": args.model, "layers": args.layers, "reduce": args.reduce,
@@ -95,12 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         "forward_ms_per_batch": fwd * 1e3, "forward_images_per_second": b / fwd,
         "call_ms_per_batch": {str(k): v * 1e3 for k, v in calls.items()},
         "call_images_per_second": {str(k): b / v for k, v in calls.items()},
+        "write_part_rows": b * args.batches, "write_part_s": write_s,
+        "write_images_per_second": b * args.batches / write_s,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"_forward: {fwd * 1e3:.1f} ms per batch of {b} ({b / fwd:,.0f} img/s)")
     for k, v in calls.items():
         print(f"__call__ with {k} thread(s): {v * 1e3:.1f} ms per batch ({b / v:,.0f} img/s)")
+    print(f"write_parts (another process in a run): {b * args.batches} rows in {write_s:.2f} s "
+          f"({b * args.batches / write_s:,.0f} img/s)")
     print(f"→ {args.out}")
     return 0
 

@@ -1,18 +1,20 @@
-"""Probe stage: images → decode (CPU tasks) → model with hooks (GPU/CPU actor pool) → Parquet.
+"""Probe stage: images → decode (CPU tasks) → model with hooks (GPU/CPU actor pool) → part writers (CPU tasks).
 
 Dataflow (Ray Data): the input listing is split into blocks; ``decode_images`` reads bytes through
 fsspec and decodes/resizes them, turning every failure into a row with an error; the
 ``ActivationProbe`` actors (``ActorPoolStrategy``) run the model under ``torch.inference_mode`` with
-hooks that reduce each layer on the device, and write, per batch:
+hooks that reduce each layer on the device and return the values (and argmax locations) of every unit;
+Ray Data bundles those rows into parts of `part_rows` images, and ``write_parts`` tasks write, per part:
 
 - ``activations/<layer>/part-<id>.parquet`` — ``image_id`` + one float32 column per unit;
-- ``topk/_parts/<layer>/part-<id>.parquet`` — the entries that entered the actor's running top-M;
+- ``topk/_parts/<layer>/part-<id>.parquet`` — each unit's top-M images of the part;
 - ``clip/part-<id>.parquet`` — CLIP image embeddings, when configured;
-- ``probe/commits/<id>.parquet`` — every image of the batch with its status, written last.
+- ``probe/commits/<id>.parquet`` — every image of the part with its status, written last.
 
-A part counts only once its commit record exists; a resume skips committed images and deletes the
-parts of batches that never committed. At the end the driver writes ``images.parquet`` (every input
-exactly once), merges the top-M parts into ``topk/<layer>.parquet`` and checks processed + failed == inputs.
+The model's device never waits on Parquet encoding or uploads: the actors only compute. A part counts
+only once its commit record exists; a resume skips committed images and deletes the parts that never
+committed. At the end the driver writes ``images.parquet`` (every input exactly once), merges the top-M
+parts into ``topk/<layer>.parquet`` and checks processed + failed == inputs.
 """
 
 from __future__ import annotations
@@ -105,18 +107,26 @@ def decode_images(batch: dict[str, np.ndarray], *, size: int, max_pixels: int, r
     }
 
 
+VALUES, LOCATIONS, CLIP = "v:", "loc:", "clip"
+"""Column prefixes of the probe actors' output: per layer statistic its values ``(n, K)`` float32 and argmax
+locations ``(n, K, 2)`` float16; ``clip`` the CLIP image embeddings ``(n, D)``."""
+
+
 class ActivationProbe:
-    """Ray Data callable class: loads the model once, then probes batches and writes their parts.
+    """Ray Data callable class: loads the model once, then runs it on batches; writes nothing.
+
+    Each call returns the batch's rows (``image_id, uri, ok, error``) with, per layer statistic, the
+    values and argmax locations of every unit (NaN rows for images that failed), and CLIP embeddings
+    when configured. Encoding and writing happen downstream in `write_parts` tasks, so the model's
+    device never waits on Parquet or object-store uploads.
 
     Args (``fn_constructor_kwargs``):
         model: keyword arguments of :func:`neuronscan.models.build_model`.
         layers, reduce: hooked layers and statistics.
-        out: run root.
-        topk: top images kept per unit.
         num_gpus: GPUs given to this actor (0 → CPU).
         torch_threads: intra-op threads (default: all cores of the machine).
         autocast, channels_last: GPU speed options.
-        clip: ``{"model", "pretrained", "checkpoint"}`` to also write CLIP image embeddings.
+        clip: ``{"model", "pretrained", "checkpoint"}`` to also embed images with CLIP.
     """
 
     def __init__(
@@ -125,8 +135,6 @@ class ActivationProbe:
         model: dict,
         layers: list[str],
         reduce: list[str],
-        out: str,
-        topk: int,
         num_gpus: float = 0.0,
         torch_threads: int | None = None,
         autocast: bool = True,
@@ -152,12 +160,9 @@ class ActivationProbe:
         self.std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1) * 255.0
         self.autocast = autocast and self.device.type == "cuda"
         self.recorder = ActivationRecorder(self.module, layers, reduce)
-        self.run = RunDir(out)
-        self.topk = topk
-        # With probe.actor_threads > 1 Ray runs several __call__s at once: the model, its hooks and
-        # the running top-M are used by one batch at a time; the Parquet writes run outside the lock.
+        # With probe.actor_threads > 1 Ray runs several __call__s at once: the model and its hooks are
+        # used by one batch at a time; decoding the next batch's pixels to the device overlaps.
         self._lock = threading.Lock()
-        self.top: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.clip = None
         if clip:
             from neuronscan.clip import load_clip
@@ -165,7 +170,7 @@ class ActivationProbe:
             self.clip = load_clip(clip["model"], pretrained=clip.get("pretrained"), checkpoint=clip.get("checkpoint"),
                                   device=str(self.device))
 
-    def _forward(self, pixels: np.ndarray):
+    def _forward(self, pixels: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         torch = self.torch
         # Ray batches are read-only views. torch.from_numpy warns about that but shares the memory;
         # nothing writes to it (the device copy and the float conversion make new tensors), so skip
@@ -177,112 +182,140 @@ class ActivationProbe:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             outs = self.recorder(x)
-            m = min(self.topk, x.shape[0])
-            result = {}
-            for name, (values, loc) in outs.items():
-                values = torch.nan_to_num(values.float(), nan=float("-inf"))
-                top_vals, top_idx = torch.topk(values, m, dim=0)
-                top_loc = loc[top_idx, torch.arange(values.shape[1], device=values.device)]
-                result[name] = tuple(t.cpu().numpy() for t in (values, top_vals, top_idx, top_loc))
-        return result
-
-    def _update_top(
-        self, name: str, ids: np.ndarray, top_vals, top_idx, top_loc, *, fold: bool
-    ) -> pa.Table | None:
-        """The batch's entries that enter the running top-M; with ``fold``, also merge them into it.
-
-        A batch is folded in only after its commit is written: a batch that fails (and is retried, or
-        redone on resume) never displaced anything, and a batch probed concurrently with another
-        writes its entries against a running top that lacks the other's — a superset of what it
-        needs, which ``_merge_topk`` reduces to the exact global top-M.
-        """
-        n_units = top_vals.shape[1]
-        batch_ids = ids[top_idx]  # (m, K)
-        if name in self.top:
-            run_vals, run_ids, run_loc = self.top[name]
-        else:
-            run_vals = np.empty((0, n_units), np.float32)
-            run_ids = np.empty((0, n_units), np.int64)
-            run_loc = np.empty((0, n_units, 2), np.float32)
-        vals = np.concatenate([run_vals, top_vals.astype(np.float32)])
-        all_ids = np.concatenate([run_ids, batch_ids])
-        locs = np.concatenate([run_loc, top_loc.astype(np.float32)])
-        order = np.argsort(-vals, axis=0, kind="stable")[: self.topk]
-        cols = np.arange(n_units)
-        if fold:
-            self.top[name] = (vals[order, cols], all_ids[order, cols], locs[order, cols])
-            return None
-        entered = order >= len(run_vals)
-        if not entered.any():
-            return None
-        rank, unit = np.nonzero(entered)
-        src = order[rank, unit]
-        return pa.Table.from_arrays(
-            [
-                pa.array(unit.astype(np.int32)),
-                pa.array(rank.astype(np.int32)),
-                pa.array(all_ids[src, unit]),
-                pa.array(vals[src, unit]),
-                pa.array(locs[src, unit, 0]),
-                pa.array(locs[src, unit, 1]),
-            ],
-            schema=TOPK_SCHEMA,
-        )
+            return {name: (values.float().cpu().numpy(), loc.to(torch.float16).cpu().numpy())
+                    for name, (values, loc) in outs.items()}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        part = uuid.uuid4().hex
         ids = np.asarray(batch["image_id"], dtype=np.int64)
         ok = np.asarray(batch["ok"], dtype=bool)
-        errors = [None if o else str(e) for o, e in zip(ok, batch["error"])]
+        errors = np.asarray([None if o else str(e) for o, e in zip(ok, batch["error"])], dtype=object)
+        out: dict[str, np.ndarray] = {"image_id": ids, "uri": np.asarray(batch["uri"], dtype=object)}
+        outs: dict = {}
+        emb = None
         if ok.any():
-            ok_ids = ids[ok]
-            outs: dict = {}
-            entered: dict[str, pa.Table | None] = {}
-            emb = None
             # All-ok batches (the usual case) go to the model without a copy; a mask index copies.
             pixels = batch["pixels"] if ok.all() else batch["pixels"][ok]
             with self._lock:
                 try:
                     outs = self._forward(pixels)
+                    if self.clip is not None:
+                        from neuronscan.clip import embed_images
+
+                        emb = embed_images(self.clip, pixels).astype(np.float32)
                 except Exception as exc:  # noqa: BLE001 - a model failure on a batch fails its images, not the run
                     log.error("forward pass failed on a batch of %d images: %s", int(ok.sum()), exc)
-                    errors = [f"model_error: {type(exc).__name__}: {exc}" if o else e for o, e in zip(ok, errors)]
+                    errors = np.asarray([f"model_error: {type(exc).__name__}: {exc}" if o else e
+                                         for o, e in zip(ok, errors)], dtype=object)
                     ok = np.zeros_like(ok)
-                for name, (_values, top_vals, top_idx, top_loc) in outs.items():
-                    entered[name] = self._update_top(name, ok_ids, top_vals, top_idx, top_loc, fold=False)
-                if self.clip is not None and ok.any():
-                    from neuronscan.clip import embed_images
-
-                    emb = embed_images(self.clip, pixels)
-            for name, (values, *_rest) in outs.items():
-                write_parquet_atomic(_activation_table(ok_ids, values), self.run.activation_part(name, part),
-                                     encoded_columns=["image_id"])
-                if entered[name] is not None:
-                    write_parquet_atomic(entered[name], self.run.topk_part(name, part))
-            if emb is not None:
-                dim = emb.shape[1]
-                table = pa.Table.from_arrays(
-                    [pa.array(ok_ids, pa.int64()),
-                     pa.FixedSizeListArray.from_arrays(pa.array(emb.astype(np.float32).ravel()), dim)],
-                    schema=clip_schema(dim),
-                )
-                write_parquet_atomic(table, self.run.clip_part(part))
-        commit = pa.Table.from_arrays(
-            [
-                pa.array(ids, pa.int64()),
-                pa.array([str(u) for u in batch["uri"]], pa.string()),
-                pa.array(np.where(ok, "ok", "failed").tolist(), pa.string()),
-                pa.array(errors, pa.string()),
-            ],
-            schema=COMMIT_SCHEMA,
-        )
-        write_parquet_atomic(commit, self.run.commit(part))
-        if ok.any():
-            with self._lock:
-                for name, (_values, top_vals, top_idx, top_loc) in outs.items():
-                    self._update_top(name, ok_ids, top_vals, top_idx, top_loc, fold=True)
+                    outs, emb = {}, None
+        for name, (values, loc) in outs.items():
+            out[VALUES + name] = _scatter(values, ok)
+            out[LOCATIONS + name] = _scatter(loc, ok)
+        if emb is not None:
+            out[CLIP] = _scatter(emb, ok)
+        out["ok"] = ok
+        out["error"] = errors
         rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return {"image_id": ids, "ok": ok, "peak_rss_mib": np.full(len(ids), rss_mib, dtype=np.float32)}
+        out["peak_rss_mib"] = np.full(len(ids), rss_mib, dtype=np.float32)
+        return out
+
+
+def _scatter(rows: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """``rows`` (one per ok image) placed at the ok positions of a batch; NaN for the failed ones."""
+    if ok.all():
+        return rows
+    full = np.full((len(ok), *rows.shape[1:]), np.nan, dtype=rows.dtype)
+    full[ok] = rows
+    return full
+
+
+def top_entries(image_ids: np.ndarray, values: np.ndarray, loc: np.ndarray, m: int) -> pa.Table:
+    """Each unit's top ``m`` images of a part, ordered by value (descending) then image id (ascending).
+
+    The same order as the final merge (`_merge_topk`), so the union of every part's entries holds the
+    exact global top-M. NaN counts as -inf. Ties at the cut are resolved by image id, never by row
+    order, and a constant unit yields exactly ``m`` entries (not every tied row).
+    """
+    n, n_units = values.shape
+    m = min(m, n)
+    if m == 0 or n_units == 0:
+        return TOPK_SCHEMA.empty_table()
+    order = np.argsort(image_ids, kind="stable")
+    sorted_ids = image_ids[order]
+    pieces = []
+    for start in range(0, n_units, 256):  # a chunk of units at a time bounds the temporaries
+        v = values[order, start : start + 256]
+        v = np.where(np.isnan(v), -np.inf, v)
+        thr = np.partition(v, n - m, axis=0)[n - m]  # the m-th largest value of each unit
+        above = v > thr
+        tied = v == thr
+        # Of the rows tied at the cut, the first (smallest image ids) fill the m places.
+        take = above | (tied & (np.cumsum(tied, axis=0) <= (m - above.sum(axis=0))))
+        rows, units = np.nonzero(take)
+        vals = v[rows, units]
+        o = np.lexsort((rows, -vals, units))
+        rows, units, vals = rows[o], units[o], vals[o]
+        rank = np.arange(len(units)) - np.searchsorted(units, units)
+        where = loc[order[rows], start + units].astype(np.float32)
+        pieces.append((start + units, rank, sorted_ids[rows], vals, where))
+    unit, rank, ids, vals, where = (np.concatenate(x) for x in zip(*pieces))
+    return pa.Table.from_arrays(
+        [pa.array(unit.astype(np.int32)), pa.array(rank.astype(np.int32)), pa.array(ids.astype(np.int64)),
+         pa.array(vals.astype(np.float32)), pa.array(where[:, 0]), pa.array(where[:, 1])],
+        schema=TOPK_SCHEMA,
+    )
+
+
+def write_parts(batch: dict[str, np.ndarray], *, out: str, outputs: list[str], topk: int) -> dict[str, np.ndarray]:
+    """Write one part of probe output (a Ray Data task downstream of the actors) and commit it.
+
+    Per layer statistic an activation part and the part's top-M entries, then the CLIP part, and
+    **last** ``probe/commits/<part>.parquet`` with every image of the part (failed ones included): a
+    part counts only once its commit exists, so a crash loses at most the parts being written.
+    """
+    run = RunDir(out)
+    part = uuid.uuid4().hex
+    ids = np.asarray(batch["image_id"], dtype=np.int64)
+    ok = np.asarray(batch["ok"], dtype=bool)
+    if ok.any():
+        ok_ids = ids[ok]
+        for name in outputs:
+            values = np.asarray(batch[VALUES + name])
+            loc = np.asarray(batch[LOCATIONS + name])
+            if not ok.all():
+                values, loc = values[ok], loc[ok]
+            write_parquet_atomic(_activation_table(ok_ids, values), run.activation_part(name, part),
+                                 encoded_columns=["image_id"])
+            write_parquet_atomic(top_entries(ok_ids, values, loc, topk), run.topk_part(name, part))
+        if CLIP in batch:
+            emb = np.asarray(batch[CLIP], dtype=np.float32)[ok]
+            dim = emb.shape[1]
+            table = pa.Table.from_arrays(
+                [pa.array(ok_ids, pa.int64()), pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), dim)],
+                schema=clip_schema(dim),
+            )
+            write_parquet_atomic(table, run.clip_part(part))
+    commit = pa.Table.from_arrays(
+        [
+            pa.array(ids, pa.int64()),
+            pa.array([str(u) for u in batch["uri"]], pa.string()),
+            pa.array(np.where(ok, "ok", "failed").tolist(), pa.string()),
+            pa.array([None if o else (None if e is None else str(e)) for o, e in zip(ok, batch["error"])],
+                     pa.string()),
+        ],
+        schema=COMMIT_SCHEMA,
+    )
+    write_parquet_atomic(commit, run.commit(part))
+    return {"image_id": ids, "ok": ok, "peak_rss_mib": np.asarray(batch["peak_rss_mib"], dtype=np.float32)}
+
+
+def part_rows(pcfg, n_units: int) -> int:
+    """Rows per part file: ``probe.part_rows``, fewer if a part's values would pass ``probe.part_mb``.
+
+    ``n_units`` counts every unit of every layer statistic (a part holds one file per statistic).
+    """
+    by_size = int(pcfg.part_mb * 2**20 // max(4 * n_units, 1))
+    return max(1, min(int(pcfg.part_rows), by_size))
 
 
 def decode_concurrency(pcfg) -> int | None:
@@ -488,6 +521,7 @@ def run_probe(cfg, run_dir: str, *, quiet: bool = False, plan: ProbePlan | None 
         + (f" ({resumed:,} already committed)" if resumed else "")
         + f"; {mcfg.name} layers {', '.join(outputs)} at {size}px")
 
+    rows_per_part = part_rows(pcfg, sum(outputs.values()))
     actor_rss = 0.0
     first_batch: tuple[float, int] | None = None
     t_stream = time.perf_counter()
@@ -510,8 +544,6 @@ def run_probe(cfg, run_dir: str, *, quiet: bool = False, plan: ProbePlan | None 
                 "model": model_kwargs,
                 "layers": layers,
                 "reduce": list(mcfg.reduce),
-                "out": run_dir,
-                "topk": pcfg.topk,
                 "num_gpus": pcfg.num_gpus,
                 "torch_threads": pcfg.torch_threads,
                 "autocast": pcfg.autocast,
@@ -526,6 +558,15 @@ def run_probe(cfg, run_dir: str, *, quiet: bool = False, plan: ProbePlan | None 
             ),
             num_gpus=pcfg.num_gpus,
             num_cpus=pcfg.cpus_per_actor,
+            zero_copy_batch=True,
+        )
+        # Parts of rows_per_part images: Ray Data bundles the actors' batches until a part is full, and a
+        # CPU task encodes, writes and commits it, off the model's path.
+        ds = ds.map_batches(
+            write_parts,
+            fn_kwargs={"out": run_dir, "outputs": list(outputs), "topk": pcfg.topk},
+            batch_size=rows_per_part,
+            num_cpus=pcfg.write_cpus,
             zero_copy_batch=True,
         )
         progress = _Progress(len(todo), "probe", every=2.0, quiet=quiet)
@@ -561,7 +602,7 @@ def run_probe(cfg, run_dir: str, *, quiet: bool = False, plan: ProbePlan | None 
     reasons = images.loc[images["status"] == "failed", "error"].fillna("unknown").str.split(":", n=1).str[0]
     failures = {str(k): int(v) for k, v in reasons.value_counts().sort_index().items()}
     layers_meta = {"layers": outputs, "model": model_kwargs, "image_size": size, "reduce": list(mcfg.reduce),
-                   "topk": pcfg.topk, "clip": bool(pcfg.clip)}
+                   "topk": pcfg.topk, "clip": bool(pcfg.clip), "part_rows": rows_per_part}
     write_json_atomic(layers_meta, run.layers_json)
     seconds = time.perf_counter() - t0
     steady = None
@@ -574,6 +615,7 @@ def run_probe(cfg, run_dir: str, *, quiet: bool = False, plan: ProbePlan | None 
         run_dir=run_dir, n_inputs=len(listing), n_ok=n_ok, n_failed=n_failed, layers=outputs, failures=failures,
         seconds=seconds, resumed=resumed, images_per_second=(len(todo) / seconds if seconds > 0 else 0.0),
         extra={"source": source, "image_size": size, "actor_peak_rss_mib": round(actor_rss, 1),
+               "part_rows": rows_per_part,
                "steady_images_per_second": steady,
                # Where the wall time went: planning, stream start to first batch (actor start-up and
                # model load overlap the first decodes), the rest of the stream, and the final merge.

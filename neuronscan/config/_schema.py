@@ -157,9 +157,20 @@ class ProbeSection(_Section):
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per actor; default: all cores.")
     actor_threads: int = Field(
         1, ge=1, le=8,
-        description="Batches in flight per probe actor: with 2, one batch's Parquet writes overlap the next "
-                    "batch's forward pass (the model itself runs one batch at a time). Useful on GPUs.",
+        description="Batches in flight per probe actor: with 2, one batch's host-to-device copy and result "
+                    "transfer overlap the next batch's forward pass (the model itself runs one batch at a time).",
     )
+    part_rows: int = Field(
+        32768, ge=1,
+        description="Images per part file (per layer statistic): ImageNet-train's 1.28M images give ~40 parts. "
+                    "A crash loses at most the parts being written; a resume redoes only those images.",
+    )
+    part_mb: float = Field(
+        512.0, gt=0,
+        description="Cap on the float32 values of one part (all layer statistics together, MiB): wide layers get "
+                    "fewer rows per part. Parts wait in Ray's object store until written (about 2x this).",
+    )
+    write_cpus: float = Field(0.5, gt=0, description="CPUs per part-writing task (Parquet encoding and upload).")
     autocast: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU).")
     channels_last: bool = True
     topk: int = Field(16, ge=1, le=1000, description="Top images kept per unit (with argmax location).")

@@ -6,7 +6,7 @@ A run lives in ``OUT/<model>/<run_id>/`` (a local path or an ``s3://`` URI)::
     run.lock                               who is writing the run (neuronscan.io.RunLock)
     inputs.parquet  labels.parquet  hierarchy.parquet   the planned inputs (written before probing)
     probe/source.json  probe/layers.json   where the inputs came from; the probed layers
-    probe/commits/<part>.parquet           one per committed batch: its images and their status
+    probe/commits/<part>.parquet           one per committed part: its images and their status
     activations/<layer>/part-<part>.parquet   image_id + u00000… float32
     topk/_parts/<layer>/part-<part>.parquet   top-M entries of one batch (merged at the end)
     topk/<layer>.parquet                   per unit its top images

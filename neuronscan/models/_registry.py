@@ -288,6 +288,32 @@ def _normalisation(key: str, value) -> tuple[float, float, float]:
     return numbers
 
 
+RANDOM_WEIGHTS_SEED = 0
+"""Seed of random initialisation in `build_model`: random weights are the same in every process."""
+
+
+def _build(name: str, source: str, weights: str | None) -> ModelSpec:
+    if source == "builtin":
+        if name not in _REGISTRY:
+            raise ModelError(f"no registered model {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
+        spec = _REGISTRY[name].builder(weights=weights)
+    elif source == "torchvision":
+        spec = _torchvision(name, weights)
+    elif source == "timm":
+        spec = _timm(name if name.startswith("timm/") else f"timm/{name}", weights)
+    elif source == "open_clip":
+        spec = _open_clip(name if name.startswith("open_clip/") else f"open_clip/{name}", weights)
+    elif source == "torchscript":
+        raise ModelError(_torchscript_refusal(name))
+    elif source == "export":
+        spec = _load_export(name)
+    elif source == "factory":
+        spec = _factory(name, weights)
+    else:
+        raise ModelError(f"unknown model source {source!r}")
+    return spec
+
+
 def build_model(
     name: str,
     *,
@@ -312,24 +338,11 @@ def build_model(
     """
     if source == "auto":
         source = _detect_source(name)
-    if source == "builtin":
-        if name not in _REGISTRY:
-            raise ModelError(f"no registered model {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
-        spec = _REGISTRY[name].builder(weights=weights)
-    elif source == "torchvision":
-        spec = _torchvision(name, weights)
-    elif source == "timm":
-        spec = _timm(name if name.startswith("timm/") else f"timm/{name}", weights)
-    elif source == "open_clip":
-        spec = _open_clip(name if name.startswith("open_clip/") else f"open_clip/{name}", weights)
-    elif source == "torchscript":
-        raise ModelError(_torchscript_refusal(name))
-    elif source == "export":
-        spec = _load_export(name)
-    elif source == "factory":
-        spec = _factory(name, weights)
-    else:
-        raise ModelError(f"unknown model source {source!r}")
+    # Weights a source initialises at random ("random", an architecture without a checkpoint) come from
+    # a fixed seed: every probe actor, and a resumed run, builds the same model (the caller's RNG is kept).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        spec = _build(name, source, weights)
     _apply_checkpoint(spec.module, checkpoint)
     if source != "export":  # an exported graph is already frozen in the mode it was exported in
         spec.module.eval()

@@ -141,7 +141,7 @@ def test_resume_after_killed_run(ray_local, tmp_path):
         "run": {"out": str(tmp_path / "runs"), "run_id": "killed"},
         "data": world,
         "model": {"name": "tinycnn", "layers": ["conv2"], "reduce": ["mean"]},
-        "probe": {"batch_size": 8, "topk": 4},
+        "probe": {"batch_size": 8, "topk": 4, "part_rows": 16},  # 15 parts: the kill lands between commits
         "ray": {"num_cpus": 2},
     }
     cfg_path.write_text("# neuronscan probe cfg.yaml\n" + yaml.safe_dump(cfg_dict))

@@ -51,7 +51,7 @@ def _cfg(root: Path, run_id: str, **model) -> dict:
         "run": {"out": str(root / "runs"), "run_id": run_id},
         "data": {"shapes_world": {"root": str(root / "world"), "n_images": 64, "seed": 5, "size": 32}},
         "model": {"name": "tinycnn", "layers": ["conv2"], "reduce": ["mean"], **model},
-        "probe": {"batch_size": 8, "topk": 4},
+        "probe": {"batch_size": 8, "topk": 4, "part_rows": 8},
         "score": {"n_perm": 0, "compositional": {"enabled": False}},
         "ray": {"num_cpus": 2},
     }
