@@ -22,6 +22,8 @@ def add_parsers(sub) -> dict:
     p.add_argument("--run-id", metavar="ID")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides")
     p.add_argument("--no-report", action="store_true")
+    p.add_argument("--restart", action="store_true",
+                   help="delete the outputs of this run id on the cluster's storage and start it again")
     p.add_argument("--pip", action="store_true", help="have Ray pip-install the pinned requirements on the cluster")
     p.add_argument("--no-working-dir", action="store_true", help="use the neuronscan installed on the cluster")
     p.add_argument("--env", metavar="K=V", action="append", default=[], help="environment variable for the job")
@@ -50,7 +52,7 @@ def _cmd_submit(args) -> int:
         args.config, overrides=args.overrides, run_id=args.run_id,
         working_dir=None if args.no_working_dir else "auto",
         requirements=pinned_requirements() if args.pip else None, env_vars=env_vars or None,
-        report=not args.no_report,
+        report=not args.no_report, restart=args.restart,
     )
     address = ray_jobs_address(args)
     job_id = submit_spec(spec, address=address)

@@ -163,8 +163,12 @@ def build_job_spec(
     requirements: list[str] | None = None,
     env_vars: dict[str, str] | None = None,
     report: bool = True,
+    restart: bool = False,
 ) -> JobSpec:
     """Validate the config (with its overrides) here and build the job that runs it on a cluster.
+
+    With ``restart`` the job runs ``neuronscan run --restart``: an existing run of that id is deleted and
+    started again (a resume is refused when the run was started with other settings).
 
     Arguments as in `submit_audit`. Nothing is contacted.
 
@@ -194,6 +198,8 @@ def build_job_spec(
         args += ["--set", item]
     if not report:
         args.append("--no-report")
+    if restart:
+        args.append("--restart")
     env = {**(env_vars or {}), CONFIG_ENV: text}
     runtime_env: dict[str, Any] = {"env_vars": env}
     notes = []

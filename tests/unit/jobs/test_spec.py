@@ -39,6 +39,12 @@ def test_spec_carries_config_text_run_id_and_overrides(config):
     assert "pip" not in spec.runtime_env  # off by default: the head already has the dependencies
 
 
+def test_restart_reaches_the_job(config):
+    spec = build_job_spec(config, run_id="r1", restart=True)
+    assert shlex.split(spec.entrypoint)[-1] == "--restart"
+    assert "--restart" not in build_job_spec(config, run_id="r1").entrypoint
+
+
 def test_new_run_id_is_fixed_at_submit_time(config):
     a, b = build_job_spec(config), build_job_spec(config)
     assert a.run_id != b.run_id and a.run_id[:8].isdigit()
