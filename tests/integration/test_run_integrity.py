@@ -364,3 +364,21 @@ def test_score_retries_exhausted_is_one_line_naming_the_units(ray_local, tmp_pat
     assert code == 2, err
     assert "score task for layer layer units u00000–u00002 failed on all 3 attempts" in err, err
     assert "score.units_per_shard" in err and "Traceback" not in err, err
+
+
+def test_the_part_size_changes_the_files_not_the_tables(ray_local, world):
+    """One part per batch (how runs were written before parts were sized) and one part for the whole run:
+    the same neuron_concepts, neurons and top-M tables; the run with one part per batch still scores."""
+    tables = {}
+    for rows in (8, 64):
+        cfg = _cfg(world, f"rows{rows}")
+        cfg["probe"] = {**cfg["probe"], "part_rows": rows}
+        run_audit(config_from_dict(cfg), quiet=True, report=False)
+        run_dir = world / "runs" / "tinycnn" / f"rows{rows}"
+        n_parts = len(list((run_dir / "activations" / "conv2__mean").glob("part-*.parquet")))
+        assert n_parts == 64 // rows
+        top = pd.read_parquet(run_dir / "topk" / "conv2__mean.parquet").sort_values(["unit", "rank"])
+        neurons = pd.read_parquet(run_dir / "neurons.parquet").sort_values(["layer", "unit"])
+        tables[rows] = (_neuron_concepts(run_dir), neurons.reset_index(drop=True), top.reset_index(drop=True))
+    for a, b in zip(tables[8], tables[64]):
+        pd.testing.assert_frame_equal(a, b)
