@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 (PyYAML) reads 1e-3 and 1.5e3 as strings: a float needs a dot and a signed exponent. Read them as the
+# numbers they are (YAML 1.2 does), so strict number keys take them and a quoted "1e-3" stays a string.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 __all__ = ["load_config", "parse_overrides", "apply_overrides", "config_from_dict"]
 
@@ -73,6 +83,44 @@ def _suggest(loc: tuple[Any, ...]) -> str:
     return f"; expected one of: {', '.join(names)}" if names else ""
 
 
+def _as_yaml(value: Any) -> str:
+    """``value`` as it would be written in YAML: true, null, 2.5, "yes"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+_EXPECTED = {
+    "int_type": "expected an integer",
+    "float_type": "expected a number",
+    "finite_number": "expected a finite number",
+    "bool_type": "expected true or false",
+}
+
+
+def _type_problem(kind: str, value: Any) -> str:
+    """``expected an integer, got true`` (strict numbers and switches), with a hint for quoted values."""
+    msg = f"{_EXPECTED[kind]}, got {_as_yaml(value)}"
+    if kind == "bool_type":
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return msg + f" (a quoted string: write {value.strip().lower()} without quotes)"
+        return msg + " (write true or false)"
+    if isinstance(value, str):
+        try:
+            number = yaml.load(value, Loader=_UniqueKeyLoader)
+        except yaml.YAMLError:
+            number = None
+        if isinstance(number, (int, float)) and not isinstance(number, bool):
+            msg += " (a quoted string: write it without quotes)"
+    elif kind == "int_type" and isinstance(value, float) and value.is_integer():
+        msg += f" (write {int(value)})"
+    return msg
+
+
 def _format_errors(exc: ValidationError) -> list[str]:
     problems = []
     for err in exc.errors():
@@ -80,18 +128,23 @@ def _format_errors(exc: ValidationError) -> list[str]:
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
         key = _dotted(loc)
         msg = err["msg"]
+        value = err.get("input")
+        if err["type"] in _EXPECTED:
+            problems.append(f"{key}: {_type_problem(err['type'], value)}")
+            continue
         if err["type"] == "extra_forbidden":
             msg = "unknown key" + _suggest(loc)
         elif err["type"] == "missing":
             msg = "required key is missing"
-        value = err.get("input")
         shown = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(value, dict) else f" (got {value!r})"
         problems.append(f"{key}: {msg}{shown}")
     return problems
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """Parse ``key.path=value`` strings; values are read as YAML (``probe.batch_size=32``, ``model.layers=[a,b]``)."""
+    """Parse ``key.path=value`` strings; values are read as YAML, as in a config file (``probe.batch_size=32`` is
+    the integer 32, ``probe.autocast=false`` a bool, ``score.alpha=1e-3`` a float, ``model.layers=[a,b]`` a list).
+    """
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
@@ -101,7 +154,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         if not key:
             raise ConfigError("--set", [f"{item!r}: empty key"])
         try:
-            out[key] = yaml.safe_load(raw) if raw != "" else None
+            out[key] = yaml.load(raw, Loader=_UniqueKeyLoader) if raw != "" else None
         except yaml.YAMLError as exc:
             raise ConfigError("--set", [f"{key}: value {raw!r} is not valid YAML ({exc})"]) from exc
     return out

@@ -1,10 +1,25 @@
-"""Typed run configuration: every key a YAML config may contain, with defaults and checks."""
+"""Typed run configuration: every key a YAML config may contain, with defaults and checks.
+
+Numbers and switches are strict: an integer key takes a whole number only (not ``true``, ``2.5`` or ``"32"``),
+a number key takes an integer or a finite float (not ``true`` or ``"0.05"``), and a switch takes ``true`` or
+``false`` only (not ``"yes"`` or ``1``). YAML reads ``--set`` values as it reads the file, so
+``--set probe.batch_size=32`` is the integer 32.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
+
+Int = Annotated[int, Strict()]
+"""A whole number; a bool, a float or a string of digits is an error."""
+
+Float = Annotated[float, Strict(), AllowInfNan(False)]
+"""A finite number: an int or a float; a bool or a string is an error."""
+
+Bool = Annotated[bool, Strict()]
+"""``true`` or ``false``; ``"yes"``, ``1`` and other spellings are errors."""
 
 __all__ = [
     "RunConfig",
@@ -47,9 +62,9 @@ class ShapesWorldSection(_Section):
     """The synthetic shapes world used by the offline demo."""
 
     root: str = "data/shapes_world"
-    n_images: int = Field(2000, ge=10, le=1_000_000)
-    seed: int = 0
-    size: int = Field(64, ge=16, le=512)
+    n_images: Int = Field(2000, ge=10, le=1_000_000)
+    seed: Int = 0
+    size: Int = Field(64, ge=16, le=512)
 
 
 class DataSection(_Section):
@@ -60,12 +75,12 @@ class DataSection(_Section):
     shapes_world: ShapesWorldSection | None = None
     labels: str | None = Field(None, description="labels.parquet (image_id, concept); adds to labels from the source.")
     hierarchy: str | None = Field(None, description="hierarchy.parquet or YAML of (concept, parent) edges.")
-    image_size: int | None = Field(
+    image_size: Int | None = Field(
         None, ge=8, le=4096, description="Side of the square model input; default: the model's."
     )
     resize: Literal["shorter_center_crop", "stretch"] = "shorter_center_crop"
-    max_pixels: int = Field(89_478_485, ge=1, description="Images with more pixels fail as decompression bombs.")
-    limit: int | None = Field(None, ge=1, description="Probe only the first N inputs (for quick looks).")
+    max_pixels: Int = Field(89_478_485, ge=1, description="Images with more pixels fail as decompression bombs.")
+    limit: Int | None = Field(None, ge=1, description="Probe only the first N inputs (for quick looks).")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSection:
@@ -112,7 +127,7 @@ class ModelSection(_Section):
             return value
         key = info.field_name
         example = "[0.485, 0.456, 0.406]" if key == "mean" else "[0.229, 0.224, 0.225]"
-        try:  # numbers, or strings of numbers (YAML reads 1e-3 as a string)
+        try:  # numbers, or strings of numbers (configs quoted them when YAML read 1e-3 as a string)
             if not isinstance(value, (list, tuple)) or len(value) != 3 or any(isinstance(v, bool) for v in value):
                 raise TypeError
             numbers = [float(v) for v in value]
@@ -137,43 +152,43 @@ class ClipSection(_Section):
     vocabulary: str | list[str] | None = Field(
         None, description="Concept words for label-free labels: a list or a text file; default: the labelled concepts."
     )
-    top_k: int = Field(100, ge=1)
+    top_k: Int = Field(100, ge=1)
 
 
 class ProbeSection(_Section):
     """The probe stage: decode on CPU, forward on GPU/CPU actors."""
 
-    batch_size: int = Field(128, ge=1, le=65536)
-    num_actors: int = Field(1, ge=1, description="Probe actors (one model copy each).")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per probe actor; 0 runs on CPU. Never assumed.")
-    cpus_per_actor: float = Field(0.5, gt=0, description="Fractional CPUs keep 2-core machines from deadlocking.")
-    decode_cpus: float = Field(0.5, gt=0, description="CPUs per decode task.")
-    decode_tasks: int | None = Field(
+    batch_size: Int = Field(128, ge=1, le=65536)
+    num_actors: Int = Field(1, ge=1, description="Probe actors (one model copy each).")
+    num_gpus: Float = Field(0.0, ge=0, description="GPUs per probe actor; 0 runs on CPU. Never assumed.")
+    cpus_per_actor: Float = Field(0.5, gt=0, description="Fractional CPUs keep 2-core machines from deadlocking.")
+    decode_cpus: Float = Field(0.5, gt=0, description="CPUs per decode task.")
+    decode_tasks: Int | None = Field(
         None, ge=1,
         description="Cap on decode tasks in flight; default: no cap (Ray Data schedules them on free CPUs). "
                     "On CPU-only actors with decode_cpus == cpus_per_actor a cap equal to num_actors is raised by "
                     "one, so that decoding stays a separate stage.",
     )
-    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per actor; default: all cores.")
-    actor_threads: int = Field(
+    torch_threads: Int | None = Field(None, ge=1, description="torch intra-op threads per actor; default: all cores.")
+    actor_threads: Int = Field(
         1, ge=1, le=8,
         description="Batches in flight per probe actor: with 2, one batch's host-to-device copy and result "
                     "transfer overlap the next batch's forward pass (the model itself runs one batch at a time).",
     )
-    part_rows: int = Field(
+    part_rows: Int = Field(
         32768, ge=1,
         description="Images per part file (per layer statistic): ImageNet-train's 1.28M images give ~40 parts. "
                     "A crash loses at most the parts being written; a resume redoes only those images.",
     )
-    part_mb: float = Field(
+    part_mb: Float = Field(
         512.0, gt=0,
         description="Cap on the float32 values of one part (all layer statistics together, MiB): wide layers get "
                     "fewer rows per part. Parts wait in Ray's object store until written (about 2x this).",
     )
-    write_cpus: float = Field(0.5, gt=0, description="CPUs per part-writing task (Parquet encoding and upload).")
-    autocast: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU).")
-    channels_last: bool = True
-    topk: int = Field(16, ge=1, le=1000, description="Top images kept per unit (with argmax location).")
+    write_cpus: Float = Field(0.5, gt=0, description="CPUs per part-writing task (Parquet encoding and upload).")
+    autocast: Bool = Field(True, description="bf16 autocast on GPU (ignored on CPU).")
+    channels_last: Bool = True
+    topk: Int = Field(16, ge=1, le=1000, description="Top images kept per unit (with argmax location).")
     clip: ClipSection | None = None
 
 
@@ -184,17 +199,17 @@ _MAX_EXACT_CANDIDATES = 128
 class CompositionalSection(_Section):
     """Compositional labels: the best AND/OR/NOT formula of concepts per unit."""
 
-    enabled: bool = True
-    max_length: int = Field(3, ge=1, le=5)
-    beam_size: int = Field(5, ge=1, le=50, description="Formulas kept per step of search: beam (ignored by exact).")
-    n_candidates: int = Field(
+    enabled: Bool = True
+    max_length: Int = Field(3, ge=1, le=5)
+    beam_size: Int = Field(5, ge=1, le=50, description="Formulas kept per step of search: beam (ignored by exact).")
+    n_candidates: Int = Field(
         32,
         ge=2,
         le=1000,
         description="Atoms tried per unit: the top n by AUC plus the top n in bounds (exact: <= 128).",
     )
-    min_fraction: float = Field(0.001, ge=0, le=1)
-    max_fraction: float = Field(0.5, ge=0, le=1)
+    min_fraction: Float = Field(0.001, ge=0, le=1)
+    max_fraction: Float = Field(0.5, ge=0, le=1)
     search: Literal["exact", "beam"] = Field(
         "exact",
         description=(
@@ -227,16 +242,16 @@ class CompositionalSection(_Section):
 class ScoreSection(_Section):
     """The score stage: AUC, AUPRC, p- and q-values, permutation tests, labels."""
 
-    alpha: float = Field(0.05, gt=0, lt=1, description="FDR level for 'significant'.")
-    units_per_shard: int = Field(64, ge=1, description="Units per Ray scoring task (memory ~ N x shard x 8 bytes).")
-    cpus_per_task: float = Field(1.0, gt=0)
-    n_perm: int = Field(1000, ge=0, description="Permutations per tested pair; 0 turns permutation tests off.")
-    perm_top: int = Field(
+    alpha: Float = Field(0.05, gt=0, lt=1, description="FDR level for 'significant'.")
+    units_per_shard: Int = Field(64, ge=1, description="Units per Ray scoring task (memory ~ N x shard x 8 bytes).")
+    cpus_per_task: Float = Field(1.0, gt=0)
+    n_perm: Int = Field(1000, ge=0, description="Permutations per tested pair; 0 turns permutation tests off.")
+    perm_top: Int = Field(
         3, ge=0, description="Permutation-test each unit's top concepts (plus every pair with p <= alpha)."
     )
-    perm_max_pairs: int = Field(200_000, ge=0, description="Cap on permutation-tested pairs per run.")
-    seed: int = 0
-    min_auc: float = Field(
+    perm_max_pairs: Int = Field(200_000, ge=0, description="Cap on permutation-tested pairs per run.")
+    seed: Int = 0
+    min_auc: Float = Field(
         0.75, ge=0.5, le=1,
         description="AUC a significant concept needs to be aligned: the bar of the multimodal and spurious "
         "flags and of the concepts a diff reports as gained or lost.",
@@ -250,15 +265,15 @@ class ScoreSection(_Section):
 class DiffSection(_Section):
     """Thresholds for `neuronscan diff` to exit non-zero."""
 
-    max_changed_labels: int | None = Field(None, ge=0)
-    min_abs_delta_auc: float = Field(0.1, ge=0, le=1)
-    fail_on_spurious: bool = True
+    max_changed_labels: Int | None = Field(None, ge=0)
+    min_abs_delta_auc: Float = Field(0.1, ge=0, le=1)
+    fail_on_spurious: Bool = True
 
 
 class RaySection(_Section):
     address: str | None = Field(None, description="Ray cluster address; default: RAY_ADDRESS or a local Ray.")
-    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray; default: the machine's.")
-    object_store_memory: int | None = Field(None, ge=78_643_200, description="Bytes for the local object store.")
+    num_cpus: Int | None = Field(None, ge=1, description="CPUs of the local Ray; default: the machine's.")
+    object_store_memory: Int | None = Field(None, ge=78_643_200, description="Bytes for the local object store.")
 
 
 class RunConfig(_Section):

@@ -132,3 +132,59 @@ def test_a_key_given_twice_is_an_error_not_the_last_one_wins(tmp_path):
     path.write_text("data: {folder: imgs}\nmodel: {name: resnet18, layers: [layer4]}\nmodel: {name: x, layers: [y]}\n")
     with pytest.raises(ConfigError, match="key 'model' appears twice"):
         load_config(path)
+
+
+@pytest.mark.parametrize("section, key, value, problem", [
+    ("probe", "batch_size", True, "probe.batch_size: expected an integer, got true"),
+    ("probe", "batch_size", 2.5, "probe.batch_size: expected an integer, got 2.5"),
+    ("probe", "batch_size", 32.0, "probe.batch_size: expected an integer, got 32.0 (write 32)"),
+    ("probe", "batch_size", "32", 'probe.batch_size: expected an integer, got "32" (a quoted string: write it '
+                                  "without quotes)"),
+    ("probe", "autocast", "yes", 'probe.autocast: expected true or false, got "yes" (write true or false)'),
+    ("probe", "autocast", 1, "probe.autocast: expected true or false, got 1 (write true or false)"),
+    ("probe", "channels_last", "false", 'probe.channels_last: expected true or false, got "false" (a quoted string: '
+                                        "write false without quotes)"),
+    ("score", "alpha", "0.05", 'score.alpha: expected a number, got "0.05" (a quoted string: write it without '
+                               "quotes)"),
+    ("score", "alpha", True, "score.alpha: expected a number, got true"),
+    ("probe", "num_gpus", float("inf"), "probe.num_gpus: expected a finite number, got inf"),
+    ("data", "limit", False, "data.limit: expected an integer, got false"),
+    ("ray", "num_cpus", 1.5, "ray.num_cpus: expected an integer, got 1.5"),
+])
+def test_numbers_and_switches_are_strict_and_the_error_names_the_key(section, key, value, problem):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({**MINIMAL, section: {key: value}}, "c.yaml")
+    assert info.value.problems == [problem]
+
+
+def test_an_integer_is_a_number_for_float_keys():
+    cfg = config_from_dict({**MINIMAL, "score": {"min_auc": 1, "cpus_per_task": 2}, "probe": {"num_gpus": 1}})
+    assert cfg.score.min_auc == 1.0 and isinstance(cfg.score.min_auc, float)
+    assert cfg.score.cpus_per_task == 2.0 and cfg.probe.num_gpus == 1.0
+
+
+def test_strict_keys_read_from_yaml_and_from_set(tmp_path):
+    path = tmp_path / "strict.yaml"
+    path.write_text("data: {folder: imgs}\nmodel: {name: resnet18, layers: [layer4]}\n"
+                    "probe: {batch_size: true, autocast: \"yes\", num_gpus: 0}\nscore: {alpha: \"0.05\", min_auc: 1}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [
+        "probe.batch_size: expected an integer, got true",
+        'probe.autocast: expected true or false, got "yes" (write true or false)',
+        'score.alpha: expected a number, got "0.05" (a quoted string: write it without quotes)',
+    ]
+    path.write_text("data: {folder: imgs}\nmodel: {name: resnet18, layers: [layer4]}\nscore: {alpha: 1e-3}\n")
+    assert load_config(path).score.alpha == 0.001  # YAML 1.1 would read 1e-3 as a string
+    ov = parse_overrides(["probe.batch_size=32", "probe.autocast=false", "score.alpha=1e-2", "score.min_auc=1",
+                          "probe.num_gpus=0.5", "data.limit=10"])
+    assert ov == {"probe.batch_size": 32, "probe.autocast": False, "score.alpha": 0.01, "score.min_auc": 1,
+                  "probe.num_gpus": 0.5, "data.limit": 10}
+    cfg = load_config(path, ov)
+    assert (cfg.probe.batch_size, cfg.probe.autocast, cfg.score.alpha, cfg.score.min_auc) == (32, False, 0.01, 1.0)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, parse_overrides(["probe.batch_size=true", "score.alpha='0.05'"]))
+    assert info.value.problems == [
+        "probe.batch_size: expected an integer, got true",
+        'score.alpha: expected a number, got "0.05" (a quoted string: write it without quotes)',
+    ]
