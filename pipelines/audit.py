@@ -60,7 +60,8 @@ def score_run(cfg: RunConfig, run_dir: str | RunDir, *, quiet: bool = False):
     run.update_info({
         "counts": {"concepts": summary.n_concepts, "scored_images": summary.n_images, "tests": summary.n_tests,
                    "significant_pairs": summary.n_significant},
-        "timings": {"score_s": round(summary.seconds, 3)},
+        # score_phases: where the score stage's time went (phases, Ray start, shard tasks; see ScoreSummary).
+        "timings": {"score_s": round(summary.seconds, 3), "score_phases": summary.timings},
         "score": {**summary.counts, "scored": _now()},
         "config": {"score": cfg.score.model_dump(mode="json")},
     })

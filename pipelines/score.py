@@ -3,10 +3,15 @@
 Each shard task reads only its unit columns (plus ``image_id``) from every part file of a layer
 (Parquet column projection does the image-major → unit-major transpose), ranks its units once, and
 computes AUC, AUPRC, Mann–Whitney p-values, permutation p-values for the pairs that matter, the best
-compositional formula per unit and, when CLIP embeddings exist, the soft-WPMI terms. The label matrix
-(and CLIP embeddings) are put in the object store once and shared by all tasks. The driver then applies
-Benjamini–Hochberg over every p-value of the run and writes ``neuron_concepts.parquet`` and
-``neurons.parquet``. Memory per task ≈ n_images × shard × 8 bytes, whatever the number of images.
+compositional formula per unit and, when CLIP embeddings exist, the soft-WPMI terms. The label matrix,
+its layout for the AUPRC kernel (and CLIP embeddings) are put in the object store once and shared by all
+tasks. The driver then applies Benjamini–Hochberg over every p-value of the run and writes
+``neuron_concepts.parquet`` and ``neurons.parquet``. Memory per task ≈ n_images × shard × 8 bytes,
+whatever the number of images.
+
+Every phase is timed (`ScoreSummary.timings`): the driver's wall time per phase, which adds up to the
+whole call, and the shard tasks' own seconds per phase summed over the shards. A Ray start begun in the
+background (``init_ray(background=True)``) overlaps discovery; the wait for it is a phase of its own.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import logging
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +38,7 @@ from neuronscan.io import (
     LayerParts,
     PartFileError,
     RunDir,
+    is_remote,
     join,
     list_layer_parts,
     read_part,
@@ -51,6 +59,18 @@ log = logging.getLogger("neuronscan")
 
 @dataclass
 class ScoreSummary:
+    """What `run_score` did.
+
+    Attributes:
+        seconds: wall time of the call.
+        timings: where it went (see `_Timings.as_dict`): ``total_s``; ``phases_s``, the driver's wall
+            seconds per phase in order (they add up to ``total_s``); ``ray_start_s``, how long the Ray
+            start took (it overlaps discovery when begun in the background; ``phases_s.ray_wait`` is
+            the part that did not); ``shards``, the tasks' own seconds per phase summed over the shards
+            (``read``, ``rank``, ``scores`` = rank sums + AUC + AUPRC + p, ``permutation``,
+            ``compositional``, ``wpmi``, ``other``), their count and the slowest task.
+    """
+
     out_dir: str
     layers: dict[str, int]
     n_images: int
@@ -60,6 +80,52 @@ class ScoreSummary:
     seconds: float
     counts: dict = field(default_factory=dict)
     top_units: pd.DataFrame | None = None
+    timings: dict = field(default_factory=dict)
+
+
+SHARD_PHASES = ("read", "rank", "scores", "permutation", "compositional", "wpmi", "other")
+"""The phases a shard task times (seconds, summed over shards in `ScoreSummary.timings`)."""
+
+
+class _Timings:
+    """Wall seconds per phase of the driver, in the order the phases ran, plus the shards' own seconds."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.phases: dict[str, float] = {}
+        self.shards: dict[str, float] = dict.fromkeys(SHARD_PHASES, 0.0)
+        self.shard_tasks: list[float] = []
+        self.extra: dict = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - t
+
+    def add_shard(self, timings: dict[str, float]) -> None:
+        for key in SHARD_PHASES:
+            self.shards[key] += timings.get(key, 0.0)
+        self.shard_tasks.append(timings.get("task", 0.0))
+
+    def as_dict(self) -> dict:
+        total = time.perf_counter() - self.t0
+        phases = {k: round(v, 3) for k, v in self.phases.items()}
+        phases["other"] = round(max(0.0, total - sum(self.phases.values())), 3)
+        tasks = self.shard_tasks
+        return {
+            "total_s": round(total, 3),
+            "phases_s": phases,
+            **self.extra,
+            "shards": {
+                "count": len(tasks),
+                "task_s_sum": round(sum(tasks), 3),
+                "task_s_max": round(max(tasks), 3) if tasks else 0.0,
+                "phases_s_sum": {k: round(v, 3) for k, v in self.shards.items()},
+            },
+        }
 
 
 @dataclass(frozen=True)
@@ -110,25 +176,49 @@ def _read_columns(files: list[str], columns: list[str]) -> tuple[np.ndarray, np.
     """
 
     def read(f: str) -> pa.Table:
-        return read_part(f, ["image_id", *columns])
+        return _read_local_part(f, ["image_id", *columns])
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        tables = list(pool.map(read, files))
+    if len(files) == 1:
+        tables = [read(files[0])]
+    else:
+        with ThreadPoolExecutor(max_workers=min(4, len(files))) as pool:
+            tables = list(pool.map(read, files))
     n_rows = sum(t.num_rows for t in tables)
     ids = np.empty(n_rows, dtype=np.int64)
-    values = np.empty((n_rows, len(columns)), dtype=np.float32)
+    # Unit-major, returned as its (n_images, n_cols) transpose: each column is copied contiguously
+    # (~15x faster than scattering it with a stride of n_cols), and the kernels rank a unit's values
+    # from contiguous memory.
+    by_unit = np.empty((len(columns), n_rows), dtype=np.float32)
     row = 0
     while tables:  # copy file by file, freeing each Arrow table as soon as it is copied
         t = tables.pop(0)
         ids[row : row + t.num_rows] = t.column("image_id").to_numpy()
         for j, c in enumerate(columns):
-            values[row : row + t.num_rows, j] = t.column(c).to_numpy()
+            by_unit[j, row : row + t.num_rows] = t.column(c).to_numpy()
         row += t.num_rows
         del t
+    values = by_unit.T
     if len(ids) and np.all(ids[1:] > ids[:-1]):  # the usual case: already sorted and unique, no copy
         return ids, values
     uniq, first = np.unique(ids, return_index=True)
     return uniq, values[first]
+
+
+def _read_local_part(uri: str, columns: list[str]) -> pa.Table:
+    """`read_part` (page checksums verified), through Arrow's own file reader for a local file.
+
+    Opening the file by path lets Arrow read the projected column chunks itself instead of through a
+    Python file object: ~3x faster for a shard's 64 of 2,048 columns. Any failure is reported by
+    `read_part`, which names the file.
+    """
+    if not is_remote(uri):
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.ParquetFile(uri, page_checksum_verification=True).read(columns=columns, use_threads=False)
+        except (OSError, ValueError, pa.ArrowException):
+            pass  # read_part raises the error that names the file (or reads it, if this path was the problem)
+    return read_part(uri, columns)
 
 
 def read_image_ids(files: list[str], units: list[str] | None = None) -> tuple[np.ndarray, int]:
@@ -142,7 +232,7 @@ def read_image_ids(files: list[str], units: list[str] | None = None) -> tuple[np
     """
 
     def read(f: str) -> np.ndarray:
-        return read_part(f, ["image_id"]).column("image_id").to_numpy()
+        return _read_local_part(f, ["image_id"]).column("image_id").to_numpy()
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         per_file = list(pool.map(read, files))
@@ -194,25 +284,39 @@ def score_shard(
     concepts: list[str],
     params: ShardParams,
     clip: dict | None = None,
+    layout=None,
 ) -> dict:
-    """Score one shard of a layer's units against every concept (runs as a Ray task)."""
+    """Score one shard of a layer's units against every concept (runs as a Ray task).
+
+    ``layout`` is ``labels`` laid out for the AUPRC kernel (`neuronscan.stats.prepare_labels`), built
+    once by the driver; without it the task builds its own. The result's ``timings`` holds the task's
+    seconds per phase (`SHARD_PHASES`) and in all (``task``).
+    """
     from neuronscan.stats import (
         compositional_search_units,
         permutation_pvalues,
         score_block,
     )
 
+    clock = time.perf_counter
+    t_task = clock()
+    timings = dict.fromkeys(SHARD_PHASES, 0.0)
     ids, acts = _read_columns(files, columns)
+    timings["read"] = clock() - t_task
     if len(ids) != len(image_ids) or not np.array_equal(ids, image_ids):
         raise PartFileError(f"the part files of a layer changed while it was scored (first file: {files[0]!r}): "
                             "a shard read other images than discovery did; score the run again")
     comp = params.compositional
     need_ranks = (params.n_perm > 0 or comp is not None) and len(concepts) > 0
+    kernel: dict[str, float] = {}
     with warnings.catch_warnings():
         # Degenerate concepts are counted once by the driver; no per-shard warning spam.
         warnings.simplefilter("ignore", UserWarning)
         # Ranked once, inside score_block; the ranks are kept only when later steps need them.
-        res = score_block(acts, labels, n_threads=params.threads, return_ranks=need_ranks)
+        res = score_block(acts, labels if layout is None else layout, n_threads=params.threads,
+                          return_ranks=need_ranks, timings=kernel)
+    timings["rank"] = kernel.get("rank_s", 0.0)
+    timings["scores"] = kernel.get("scores_s", 0.0)
     ranks = res.pop("ranks", None)
     n_units = acts.shape[1]
     out = {
@@ -223,13 +327,16 @@ def score_shard(
         "n_perm_tested": 0,
     }
     if params.n_perm > 0 and len(concepts):
+        t = clock()
         unit_idx, concept_idx = _permutation_pairs(res["auc"], res["p_value"], params)
         if len(unit_idx):
             p_perm, _ = permutation_pvalues(ranks.ranks, labels, unit_idx, concept_idx, n_perm=params.n_perm,
                                             seed=params.seed + first_unit)
             out["p_perm"][unit_idx, concept_idx] = p_perm
             out["n_perm_tested"] = int(len(unit_idx))
+        timings["permutation"] = clock() - t
     if comp is not None and len(concepts):
+        t = clock()
         formulas, n_eval = compositional_search_units(
             ranks.ranks, labels, concepts, tie_term=ranks.tie_term, return_counts=True, **comp
         )
@@ -237,8 +344,14 @@ def score_shard(
         out["formula_auc"] = np.array([f.auc if f is not None else np.nan for f in formulas])
         out["formula_p"] = np.array([f.p_value if f is not None else np.nan for f in formulas])
         out["formula_n_evaluated"] = np.asarray(n_eval, dtype=np.int64)
+        timings["compositional"] = clock() - t
     if clip is not None:
+        t = clock()
         out["wpmi_logcond"] = _wpmi_logcond(ids, acts, clip)
+        timings["wpmi"] = clock() - t
+    timings["task"] = clock() - t_task
+    timings["other"] = max(0.0, timings["task"] - sum(timings[k] for k in SHARD_PHASES if k != "other"))
+    out["timings"] = timings
     return out
 
 
@@ -274,11 +387,13 @@ def _wpmi_logcond(ids: np.ndarray, acts: np.ndarray, clip: dict) -> np.ndarray:
 
 @dataclass
 class _Layers:
-    """What discovery found: each layer's parts, image ids and label matrix, and the concepts they share."""
+    """What discovery found: each layer's parts, image ids, label matrix and its kernel layout, and the
+    concepts they share."""
 
     parts: list[LayerParts]
     image_ids: dict[str, np.ndarray]
     labels: dict[str, LabelMatrix]
+    layouts: dict[str, object]
     concepts: list[str]
     counts: dict
 
@@ -287,20 +402,36 @@ class _Layers:
         return sum(len(lp.units) for lp in self.parts)
 
 
-def _discover(activations_dir: str, labels: pd.DataFrame, hierarchy, committed: set[str] | None, say) -> _Layers:
-    """List the layers' parts, read their image ids once, and build one label matrix per distinct id set."""
-    parts = list_layer_parts(activations_dir, committed=committed)
+def _discover(activations_dir: str, labels: pd.DataFrame, hierarchy, committed: set[str] | None, say,
+              timings: _Timings) -> _Layers:
+    """List the layers' parts, read their image ids once, and build one label matrix (and its layout for the
+    AUPRC kernel) per distinct id set."""
+    from neuronscan.stats import prepare_labels
+
+    with timings.phase("list_parts"):
+        parts = list_layer_parts(activations_dir, committed=committed)
+    if not isinstance(labels["concept"].dtype, pd.CategoricalDtype):
+        with timings.phase("label_matrix"):
+            # The same rows with the concept names stored once: building the matrix iterates over the
+            # concepts, ~2x faster over a categorical than over Arrow-backed strings.
+            labels = labels.assign(concept=labels["concept"].astype("category"))
     counts: dict = {"duplicate_image_rows": 0}
-    index_cache: dict[bytes, tuple[np.ndarray, LabelMatrix]] = {}
+    index_cache: dict[bytes, tuple[np.ndarray, LabelMatrix, object]] = {}
     layer_ids: dict[str, np.ndarray] = {}
     mats: dict[str, LabelMatrix] = {}
+    layouts: dict[str, object] = {}
     for lp in parts:
-        ids, dups = read_image_ids(lp.files, lp.units)
+        with timings.phase("read_image_ids"):
+            ids, dups = read_image_ids(lp.files, lp.units)
         counts["duplicate_image_rows"] += dups
         key = ids.tobytes()
         if key not in index_cache:
-            index_cache[key] = (ids, build_label_matrix(labels, ids, hierarchy=hierarchy))
-        layer_ids[lp.layer], mats[lp.layer] = index_cache[key]
+            with timings.phase("label_matrix"):
+                mat = build_label_matrix(labels, ids, hierarchy=hierarchy)
+            with timings.phase("label_layout"):
+                layout = prepare_labels(mat.matrix, len(ids))
+            index_cache[key] = (ids, mat, layout)
+        layer_ids[lp.layer], mats[lp.layer], layouts[lp.layer] = index_cache[key]
     first = mats[parts[0].layer]
     concepts = first.concepts
     if any(mats[lp.layer].concepts != concepts for lp in parts):
@@ -316,49 +447,112 @@ def _discover(activations_dir: str, labels: pd.DataFrame, hierarchy, committed: 
     if counts["concepts_without_positives"] or counts["concepts_all_positive"]:
         say(f"note: {counts['concepts_without_positives']} concept(s) have no positive and "
             f"{counts['concepts_all_positive']} have only positives among probed images: their AUC/p are NaN")
-    return _Layers(parts, layer_ids, mats, concepts, counts)
+    return _Layers(parts, layer_ids, mats, layouts, concepts, counts)
 
 
-def _dispatch(found: _Layers, params: ShardParams, score_cfg, clip_obj: dict | None, say) -> dict[str, list[dict]]:
-    """Run one Ray task per shard of units; return each layer's shard results."""
+def _progress(say, total: int):
+    """A callback for the shard loop: print ``score: i/total shards`` at most every 5 s, and at the end."""
+    state = {"last": time.perf_counter()}
+
+    def report(done: int) -> None:
+        if time.perf_counter() - state["last"] > 5 or done >= total:
+            state["last"] = time.perf_counter()
+            say(f"  score: {done}/{total} shards")
+
+    return report
+
+
+def _wait_for_ray(timings: _Timings) -> None:
+    """Wait for a Ray start begun in the background (``init_ray(background=True)``) and record its timing."""
+    from pipelines._ray import wait_for_ray
+
+    with timings.phase("ray_wait"):
+        started = wait_for_ray()
+    if started["start_s"] is not None:
+        timings.extra["ray_start_s"] = round(started["start_s"], 3)
+
+
+@dataclass(frozen=True)
+class _Shard:
+    """One shard of a layer's units: what a score task is given besides the run-wide inputs."""
+
+    layer: str
+    files: list[str]
+    columns: list[str]
+    first_unit: int
+
+    @property
+    def what(self) -> tuple[str, str, str]:
+        return self.layer, self.columns[0], self.columns[-1]
+
+
+def _shards(found: _Layers, shard: int) -> list[_Shard]:
+    return [_Shard(lp.layer, lp.files, lp.units[start : start + shard], start)
+            for lp in found.parts for start in range(0, len(lp.units), shard)]
+
+
+def _score_while_ray_starts(found: _Layers, shards: list[_Shard], params: ShardParams, clip_obj: dict | None,
+                            timings: _Timings, progress) -> list[tuple[_Shard, dict]]:
+    """Score shards in this process while an embedded Ray is still starting in the background.
+
+    Starting a local Ray takes ~5 s on 2 cores and keeps them only half busy; the driver would otherwise
+    wait. It takes shards from the front of ``shards`` (removing them) one at a time, with the same
+    function a task runs, and stops once Ray is up. Never on a cluster (whose workers may see other files).
+    """
+    from pipelines._ray import local_ray_starting
+
+    done: list[tuple[_Shard, dict]] = []
+    starting = local_ray_starting()
+    if starting is None:
+        return done
+    with timings.phase("shards_in_driver"):
+        while shards and not starting.done():
+            s = shards.pop(0)
+            result = score_shard(s.files, s.columns, s.first_unit, found.image_ids[s.layer],
+                                 found.labels[s.layer].matrix, found.concepts, params, clip_obj, found.layouts[s.layer])
+            timings.add_shard(result.pop("timings", {}))
+            done.append((s, result))
+            progress(len(done))
+    timings.extra["shards_in_driver"] = len(done)
+    return done
+
+
+def _dispatch(found: _Layers, shards: list[_Shard], params: ShardParams, score_cfg, clip_obj: dict | None,
+              timings: _Timings, progress, already: int = 0) -> list[tuple[_Shard, dict]]:
+    """Run one Ray task per shard of units; return each shard's result (``already``: shards done before)."""
     import ray
 
-    shard = score_cfg.units_per_shard
+    unit_cap = score_cfg.units_per_shard
     task = ray.remote(score_shard).options(num_cpus=score_cfg.cpus_per_task, max_retries=TASK_RETRIES)
-    # Layers probed on the same images share one label matrix (and id index) in the object store.
-    put_cache: dict[int, tuple] = {}
-    clip_ref = ray.put(clip_obj) if clip_obj is not None else None
-    futures = []
-    for lp in found.parts:
-        mat = found.labels[lp.layer]
-        if id(mat) not in put_cache:
-            put_cache[id(mat)] = (ray.put(mat.matrix), ray.put(found.image_ids[lp.layer]))
-        lab_ref, ids_ref = put_cache[id(mat)]
-        for start in range(0, len(lp.units), shard):
-            cols = lp.units[start : start + shard]
-            futures.append(((lp.layer, cols[0], cols[-1]),
-                            task.remote(lp.files, cols, start, ids_ref, lab_ref, found.concepts, params, clip_ref)))
-    n_images = len(found.image_ids[found.parts[0].layer])
-    say(f"score: {found.total_units:,} units × {len(found.concepts):,} concepts over {n_images:,} images "
-        f"in {len(futures)} shard(s) of ≤ {shard} units")
-    results: dict[str, list[dict]] = {lp.layer: [] for lp in found.parts}
-    pending = {ref: what for what, ref in futures}
-    done = 0
-    last = time.perf_counter()
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        for ref in ready:
-            what = pending.pop(ref)
-            try:
-                results[what[0]].append(ray.get(ref))
-            except BaseException as exc:
-                for other in pending:
-                    ray.cancel(other, force=True)
-                raise _task_failure(exc, what, shard) from None
-            done += 1
-        if time.perf_counter() - last > 5 or not pending:
-            last = time.perf_counter()
-            say(f"  score: {done}/{len(futures)} shards")
+    with timings.phase("put"):
+        # Layers probed on the same images share one label matrix, layout and id index in the object store.
+        put_cache: dict[int, tuple] = {}
+        clip_ref = ray.put(clip_obj) if clip_obj is not None and shards else None
+        futures = []
+        for s in shards:
+            mat = found.labels[s.layer]
+            if id(mat) not in put_cache:
+                put_cache[id(mat)] = (ray.put(mat.matrix), ray.put(found.image_ids[s.layer]),
+                                      ray.put(found.layouts[s.layer]))
+            lab_ref, ids_ref, layout_ref = put_cache[id(mat)]
+            futures.append((s, task.remote(s.files, s.columns, s.first_unit, ids_ref, lab_ref, found.concepts, params,
+                                           clip_ref, layout_ref)))
+    results: list[tuple[_Shard, dict]] = []
+    pending = {ref: s for s, ref in futures}
+    with timings.phase("shards"):
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                s = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except BaseException as exc:
+                    for other in pending:
+                        ray.cancel(other, force=True)
+                    raise _task_failure(exc, s.what, unit_cap) from None
+                timings.add_shard(result.pop("timings", {}))
+                results.append((s, result))
+            progress(already + len(results))
     return results
 
 
@@ -381,7 +575,8 @@ def _task_failure(exc: BaseException, what: tuple[str, str, str], shard: int) ->
     return exc
 
 
-def _reduce(found: _Layers, results: dict[str, list[dict]]) -> tuple[dict[str, dict], np.ndarray, np.ndarray]:
+def _reduce(found: _Layers, results: dict[str, list[dict]],
+            timings: _Timings | None = None) -> tuple[dict[str, dict], np.ndarray, np.ndarray]:
     """Assemble (units × concepts) arrays per layer, then BH over every p-value of the run.
 
     Returns:
@@ -410,7 +605,10 @@ def _reduce(found: _Layers, results: dict[str, list[dict]]) -> tuple[dict[str, d
             a["wpmi"] = logcond - log_prior
         assembled[lp.layer] = a
     all_p = np.concatenate([assembled[lp.layer]["p_value"].ravel() for lp in found.parts])
+    t = time.perf_counter()
     all_q = bh_qvalues(all_p)
+    if timings is not None:
+        timings.extra["bh_s"] = round(time.perf_counter() - t, 3)
     offset = 0
     for lp in found.parts:
         a = assembled[lp.layer]
@@ -420,16 +618,23 @@ def _reduce(found: _Layers, results: dict[str, list[dict]]) -> tuple[dict[str, d
     return assembled, all_p, all_q
 
 
+def _strings(indices: np.ndarray, values: list[str]) -> pa.Array:
+    """``values[indices]`` as an Arrow string array, built in Arrow (no Python object per row)."""
+    dictionary = pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), pa.array(values, pa.string()))
+    return dictionary.cast(pa.string())
+
+
 def _pair_table(layer: str, a: dict, n_pos: np.ndarray, n_images: int, concepts: list[str], depth, n_perm: int,
                 clip_same_vocab: bool) -> pa.Table:
     """One layer's rows of ``neuron_concepts.parquet``."""
     n_units, n_c = a["auc"].shape
-    cidx = np.tile(np.arange(n_c), n_units)
+    n_rows = n_units * n_c
+    cidx = np.tile(np.arange(n_c, dtype=np.int32), n_units)
     p_perm = a["p_perm"].ravel()
     cols = {
-        "layer": np.full(n_units * n_c, layer, dtype=object),
+        "layer": _strings(np.zeros(n_rows, dtype=np.int32), [layer]),
         "unit": np.repeat(a["unit_ids"], n_c),
-        "concept": np.asarray(concepts, dtype=object)[cidx],
+        "concept": _strings(cidx, list(concepts)),
         "n_pos": n_pos[cidx],
         "n_neg": n_images - n_pos[cidx],
         "auc": a["auc"].ravel(),
@@ -439,10 +644,17 @@ def _pair_table(layer: str, a: dict, n_pos: np.ndarray, n_images: int, concepts:
         "log_p": a["log_p"].ravel(),
         "p_perm": p_perm,
         "n_perm": np.where(np.isnan(p_perm), 0, n_perm).astype(np.int32),
-        "clip_score": (a["wpmi"].ravel() if ("wpmi" in a and clip_same_vocab) else np.full(n_units * n_c, np.nan)),
-        "depth": (depth[cidx] if depth is not None else np.full(n_units * n_c, -1, dtype=np.int16)),
+        "clip_score": (a["wpmi"].ravel() if ("wpmi" in a and clip_same_vocab) else np.full(n_rows, np.nan)),
+        "depth": (depth[cidx] if depth is not None else np.full(n_rows, -1, dtype=np.int16)),
     }
-    return pa.Table.from_pydict(cols, schema=NEURON_CONCEPTS_SCHEMA)
+    return pa.Table.from_arrays([pa.array(cols[f.name], f.type) if not isinstance(cols[f.name], pa.Array)
+                                 else cols[f.name] for f in NEURON_CONCEPTS_SCHEMA], schema=NEURON_CONCEPTS_SCHEMA)
+
+
+# Columns of neuron_concepts.parquet with few distinct values: dictionary-encoded, with statistics. The float
+# columns (3M distinct values at 50k images x 2,048 units x 1,481 concepts) gain nothing from either and
+# cost most of the write time.
+_ENCODED_PAIR_COLUMNS = ["layer", "unit", "concept", "n_pos", "n_neg", "n_perm", "depth"]
 
 
 def _unit_frame(layer: str, a: dict, concepts: list[str], text_concepts: list[str], score_cfg, anc) -> pd.DataFrame:
@@ -479,25 +691,48 @@ def _unit_frame(layer: str, a: dict, concepts: list[str], text_concepts: list[st
 
 
 def _write(out: RunDir, found: _Layers, assembled: dict[str, dict], score_cfg, hierarchy,
-           text_concepts: list[str]) -> pd.DataFrame:
-    """Write ``neuron_concepts.parquet``, ``neurons.parquet`` (and CLIP labels); return the neurons frame."""
+           text_concepts: list[str], timings: _Timings) -> pd.DataFrame:
+    """Write ``neuron_concepts.parquet``, ``neurons.parquet`` (and CLIP labels); return the neurons frame.
+
+    The pair table is written on a helper thread (Arrow's writer releases the GIL) while the per-unit
+    summaries are built and written.
+    """
     concepts = found.concepts
     anc = ancestors_map(hierarchy) if hierarchy else None
     depth = found.labels[found.parts[0].layer].depth
     same_vocab = text_concepts == concepts
-    frames, neuron_rows = [], []
-    for lp in found.parts:
-        a = assembled[lp.layer]
-        # Layers may have been probed on different images (activations made elsewhere): count per layer.
-        layer_pos = np.asarray(found.labels[lp.layer].matrix.sum(0)).ravel().astype(np.int64)
-        frames.append(_pair_table(lp.layer, a, layer_pos, len(found.image_ids[lp.layer]), concepts, depth,
-                                  score_cfg.n_perm, same_vocab))
-        neuron_rows.append(_unit_frame(lp.layer, a, concepts, text_concepts, score_cfg, anc))
-        if "wpmi" in a and not same_vocab:
-            _write_clip_labels(out, lp.layer, a["wpmi"], text_concepts, a["unit_ids"])
-    write_parquet_atomic(pa.concat_tables(frames), out.neuron_concepts)
-    neurons = pd.concat(neuron_rows, ignore_index=True)
-    write_parquet_atomic(pa.Table.from_pandas(neurons, schema=NEURONS_SCHEMA, preserve_index=False), out.neurons)
+    frames = []
+    with timings.phase("pair_table"):
+        for lp in found.parts:
+            a = assembled[lp.layer]
+            # Layers may have been probed on different images (activations made elsewhere): count per layer.
+            layer_pos = np.asarray(found.labels[lp.layer].matrix.sum(0)).ravel().astype(np.int64)
+            frames.append(_pair_table(lp.layer, a, layer_pos, len(found.image_ids[lp.layer]), concepts, depth,
+                                      score_cfg.n_perm, same_vocab))
+        table = frames[0] if len(frames) == 1 else pa.concat_tables(frames)
+        del frames
+
+    def write_pairs() -> float:
+        t = time.perf_counter()
+        write_parquet_atomic(table, out.neuron_concepts, encoded_columns=_ENCODED_PAIR_COLUMNS)
+        return time.perf_counter() - t
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pairs_written = pool.submit(write_pairs)
+        with timings.phase("unit_summary"):
+            neuron_rows = [_unit_frame(lp.layer, assembled[lp.layer], concepts, text_concepts, score_cfg, anc)
+                           for lp in found.parts]
+            neurons = pd.concat(neuron_rows, ignore_index=True)
+        with timings.phase("write_neurons"):
+            write_parquet_atomic(pa.Table.from_pandas(neurons, schema=NEURONS_SCHEMA, preserve_index=False),
+                                 out.neurons)
+            for lp in found.parts:
+                a = assembled[lp.layer]
+                if "wpmi" in a and not same_vocab:
+                    _write_clip_labels(out, lp.layer, a["wpmi"], text_concepts, a["unit_ids"])
+        with timings.phase("write_neuron_concepts"):
+            # Only the part of the write that the steps above did not cover is a phase of its own.
+            timings.extra["write_neuron_concepts_s"] = round(pairs_written.result(), 3)
     return neurons
 
 
@@ -511,6 +746,7 @@ def run_score(
     run_dir: str | None = None,
     clip_cfg=None,
     quiet: bool = False,
+    stop_ray: bool = False,
 ) -> ScoreSummary:
     """Score every unit of every layer under ``activations_dir`` against every concept in ``labels``.
 
@@ -525,44 +761,72 @@ def run_score(
         hierarchy: ``(concept, parent)`` edges; labels propagate to ancestors and depth is recorded.
         run_dir: the run root when scoring a probe's output (only committed parts are read; CLIP
             embeddings under ``run_dir/clip`` are used when ``clip_cfg`` is set).
+        stop_ray: the caller needs Ray no more: once the shards are in, stop the Ray that ``init_ray``
+            started (`pipelines._ray.release_ray`), so that its shutdown overlaps the writes.
     """
-    t0 = time.perf_counter()
+    timings = _Timings()
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     run = RunDir(run_dir) if run_dir else None
-    found = _discover(activations_dir, labels, hierarchy, run.committed_parts() if run else None, say)
+    committed = None
+    if run is not None:
+        with timings.phase("list_parts"):
+            committed = run.committed_parts()
+    found = _discover(activations_dir, labels, hierarchy, committed, say, timings)
     concepts = found.concepts
     clip_obj, text_concepts = (None, [])
     if clip_cfg is not None and run is not None:
-        clip_obj, text_concepts = _prepare_clip(run, clip_cfg, concepts)
-    results = _dispatch(found, ShardParams.from_config(score_cfg, found.total_units), score_cfg, clip_obj, say)
-    assembled, all_p, all_q = _reduce(found, results)
-    neurons = _write(RunDir(out_dir), found, assembled, score_cfg, hierarchy, text_concepts)
+        with timings.phase("clip"):
+            clip_obj, text_concepts = _prepare_clip(run, clip_cfg, concepts)
+    params = ShardParams.from_config(score_cfg, found.total_units)
+    shards = _shards(found, score_cfg.units_per_shard)
+    n_images = len(found.image_ids[found.parts[0].layer])
+    say(f"score: {found.total_units:,} units × {len(concepts):,} concepts over {n_images:,} images "
+        f"in {len(shards)} shard(s) of ≤ {score_cfg.units_per_shard} units")
+    progress = _progress(say, len(shards))
+    scored = _score_while_ray_starts(found, shards, params, clip_obj, timings, progress)
+    if shards:  # else the driver scored them all before Ray was up (small inputs)
+        _wait_for_ray(timings)
+        scored += _dispatch(found, shards, params, score_cfg, clip_obj, timings, progress, already=len(scored))
+    results: dict[str, list[dict]] = {lp.layer: [] for lp in found.parts}
+    for s, result in scored:
+        results[s.layer].append(result)
+    del scored
+    with timings.phase("reduce"):
+        assembled, all_p, all_q = _reduce(found, results, timings)
+        del results  # the shards' arrays are views of the object store; the assembled ones are copies
+    if stop_ray:
+        from pipelines._ray import release_ray
+
+        release_ray()
+    neurons = _write(RunDir(out_dir), found, assembled, score_cfg, hierarchy, text_concepts, timings)
 
     from neuronscan.stats import significant_mask
 
-    all_auc = np.concatenate([assembled[lp.layer]["auc"].ravel() for lp in found.parts])
-    n_tests = int(np.isfinite(all_p).sum())
-    n_significant = int(significant_mask(all_q, all_auc, score_cfg.alpha).sum())
-    counts = found.counts
-    counts.update(
-        {
-            "alpha": score_cfg.alpha,
-            "min_auc": score_cfg.min_auc,
-            "tests": n_tests,
-            "significant_pairs": n_significant,
-            "dead_units": int(neurons["dead"].sum()),
-            "units_with_nonfinite": int((neurons["n_nonfinite"] > 0).sum()),
-            "permutation_tested_pairs": int(sum(a["n_perm_tested"] for a in assembled.values())),
-            "n_perm": score_cfg.n_perm,
-            "fdr": {"method": "benjamini-hochberg", "scope": "all p-values of the run"},
-            "compositional_p_values": "exploratory (not corrected for the formulas searched; "
-            "formula_n_evaluated gives the count for a Bonferroni bound)",
-        }
-    )
-    top = (
-        neurons.dropna(subset=["best_auc"]).sort_values(["layer", "best_auc"], ascending=[True, False])
-        .groupby("layer", sort=False).head(3)
-    )
+    with timings.phase("summary"):
+        n_tests = int(np.isfinite(all_p).sum())
+        n_significant = int(sum(significant_mask(assembled[lp.layer]["q_value"], assembled[lp.layer]["auc"],
+                                                 score_cfg.alpha).sum() for lp in found.parts))
+        counts = found.counts
+        counts.update(
+            {
+                "alpha": score_cfg.alpha,
+                "min_auc": score_cfg.min_auc,
+                "tests": n_tests,
+                "significant_pairs": n_significant,
+                "dead_units": int(neurons["dead"].sum()),
+                "units_with_nonfinite": int((neurons["n_nonfinite"] > 0).sum()),
+                "permutation_tested_pairs": int(sum(a["n_perm_tested"] for a in assembled.values())),
+                "n_perm": score_cfg.n_perm,
+                "fdr": {"method": "benjamini-hochberg", "scope": "all p-values of the run"},
+                "compositional_p_values": "exploratory (not corrected for the formulas searched; "
+                "formula_n_evaluated gives the count for a Bonferroni bound)",
+            }
+        )
+        top = (
+            neurons.dropna(subset=["best_auc"]).sort_values(["layer", "best_auc"], ascending=[True, False])
+            .groupby("layer", sort=False).head(3)
+        )
+    recorded = timings.as_dict()
     return ScoreSummary(
         out_dir=out_dir,
         layers={lp.layer: len(lp.units) for lp in found.parts},
@@ -570,9 +834,10 @@ def run_score(
         n_concepts=len(concepts),
         n_tests=n_tests,
         n_significant=n_significant,
-        seconds=time.perf_counter() - t0,
+        seconds=recorded["total_s"],
         counts=counts,
         top_units=top,
+        timings=recorded,
     )
 
 

@@ -88,11 +88,26 @@ def _cmd_run(args, stages=("probe", "score")) -> int:
 
 
 def _cmd_score(args) -> int:
+    import datetime as _dt
+    import os
+    import time
+
     from neuronscan.concepts import read_hierarchy, read_labels
     from neuronscan.config import apply_overrides, config_from_dict, load_config, parse_overrides
-    from neuronscan.io import RunDir, RunLock
+    from neuronscan.io import RunDir, RunLock, exists, join, write_json_atomic
     from pipelines import init_ray, report_run, run_score, score_run
 
+    def since_process_start() -> float | None:
+        """Seconds since this process started (interpreter start-up and imports included); None off Linux."""
+        try:
+            with open("/proc/self/stat") as fh:
+                start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+            return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK"))
+        except (OSError, ValueError, IndexError, AttributeError):
+            return None
+
+    t_cmd = time.perf_counter()
+    startup_s = since_process_start()
     ov = parse_overrides(args.overrides)
     report = None
     if args.run:
@@ -104,12 +119,15 @@ def _cmd_score(args) -> int:
             raise NeuronscanError(f"{run.info_uri} is missing or holds no config; is {args.run!r} a probed run?")
         cfg = config_from_dict(apply_overrides(info["config"], ov), run.info_uri)
         with RunLock(run.root, command=f"neuronscan score (run {run.run_id})"):
-            init_ray(args.address or cfg.ray.address)
+            # Ray starts in the background while the score stage reads the run's labels, parts and image ids.
+            init_ray(args.address or cfg.ray.address, background=True)
             summary = score_run(cfg, run, quiet=args.quiet)
             # The report shows run.json's settings and counts: rewrite it so it tells this scoring.
             if not args.no_report and (run.exists(run.path("report", "index.html")) or info.get("report")):
                 report = report_run(run)
         out = args.run
+        timings_at = f"{run.info_uri} (timings.score_phases)"
+        shown_phases = summary.timings.get("phases_s", {})
     else:
         if not (args.activations and args.labels and args.out):
             raise NeuronscanError("score needs --run RUN_DIR, or all of --activations DIR --labels PARQUET --out DIR")
@@ -119,16 +137,56 @@ def _cmd_score(args) -> int:
         else:
             raw = apply_overrides({"data": {"folder": "."}, "model": {"name": "-", "layers": ["-"]}}, ov)
             score_cfg = config_from_dict(raw, "--set").score
+        t = time.perf_counter()
         labels = read_labels(args.labels)
         hierarchy = read_hierarchy(args.hierarchy) if args.hierarchy else None
-        init_ray(args.address)
+        read_inputs_s = time.perf_counter() - t
+        if not exists(args.activations):
+            raise NeuronscanError(f"activations folder {args.activations!r} does not exist")
+        # Ray starts in the background while the score stage lists the parts, reads their image ids and
+        # builds the label matrix; it waits for Ray only to dispatch the shards.
+        ray_future = init_ray(args.address, background=True)
+        # This command needs Ray only for the shards: it stops while the tables are written.
         summary = run_score(activations_dir=args.activations, labels=labels, out_dir=args.out, score_cfg=score_cfg,
-                            hierarchy=hierarchy, quiet=args.quiet)
+                            hierarchy=hierarchy, quiet=args.quiet, stop_ray=True)
         out = args.out
+        score_json = join(out, "score.json")
+        timings = dict(summary.timings)
+        phases = {"startup": round(startup_s, 3)} if startup_s is not None else {}
+        phases["read_labels"] = round(read_inputs_s, 3)
+        # The CLI's own steps before run_score (config, the Ray start request) go to "other".
+        for key, value in timings.get("phases_s", {}).items():
+            phases[key] = round(phases.get(key, 0.0) + value, 3)
+        total = (startup_s or 0.0) + (time.perf_counter() - t_cmd)
+        phases["other"] = round(max(0.0, total - sum(v for k, v in phases.items() if k != "other")), 3)
+        timings["phases_s"] = phases
+        timings["total_s"] = round(total, 3)
+        timings["score_s"] = summary.timings.get("total_s")
+        write_json_atomic({
+            "command": "neuronscan score",
+            "activations": args.activations,
+            "labels": args.labels,
+            "hierarchy": args.hierarchy,
+            "finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            # Unless the shards were all scored before the Ray start (begun in the background) was done.
+            "ray": (ray_future.result() if ray_future.done() and ray_future.exception() is None
+                    else {"address": args.address or "local", "used": False}),
+            "units": summary.layers,
+            "counts": {"concepts": summary.n_concepts, "scored_images": summary.n_images, "tests": summary.n_tests,
+                       "significant_pairs": summary.n_significant},
+            "score": summary.counts,
+            "config": {"score": score_cfg.model_dump(mode="json")},
+            "timings": timings,
+        }, score_json)
+        timings_at = score_json
+        shown_phases = phases
     print(f"scored {sum(summary.layers.values()):,} units × {summary.n_concepts:,} concepts on "
           f"{summary.n_images:,} images in {summary.seconds:.1f} s; {summary.n_significant:,} of {summary.n_tests:,} "
           "pairs significant")
     print(f"  {out.rstrip('/')}/neuron_concepts.parquet\n  {out.rstrip('/')}/neurons.parquet")
+    shown = sorted(((k, v) for k, v in shown_phases.items() if v >= 0.05), key=lambda kv: -kv[1])[:6]
+    if shown:
+        print("  time: " + ", ".join(f"{k} {v:.1f} s" for k, v in shown) + f" (per phase: {timings_at})")
     print_top(summary.top_units)
     if report:
         print(f"\nreport: {report}")

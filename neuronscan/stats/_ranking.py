@@ -166,8 +166,9 @@ def rank_block(
             "pass fewer units per block"
         )
     # Copy the (strided) columns row-major first, then transpose the small copy: reading a few
-    # columns of a wide array straight into unit-major order misses the TLB on every image.
-    x = np.ascontiguousarray(np.ascontiguousarray(a).T)
+    # columns of a wide array straight into unit-major order misses the TLB on every image. Columns
+    # that are already unit-major (a transposed C array) are used as they are (x is never written).
+    x = a.T if a.T.flags.c_contiguous else np.ascontiguousarray(np.ascontiguousarray(a).T)
     finite = np.isfinite(x)
     n_nonfinite = n_images - np.count_nonzero(finite, axis=1).astype(np.int64)
     nan = np.isnan(x) if n_nonfinite.any() else None

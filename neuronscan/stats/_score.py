@@ -11,6 +11,8 @@ memory stays bounded by ``block x N`` temporaries whatever the number of units. 
 
 from __future__ import annotations
 
+import threading
+import time
 import warnings
 
 import numpy as np
@@ -45,6 +47,7 @@ def score_block(
     ranks: UnitRanks | None = None,
     n_threads: int | None = None,
     return_ranks: bool = False,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, np.ndarray]:
     """Score every unit against every concept.
 
@@ -59,6 +62,9 @@ def score_block(
             inside a process that already runs one task per core).
         return_ranks: also return the :class:`UnitRanks` computed on the way (key ``ranks``), for
             permutation tests and compositional search without ranking a second time.
+        timings: a dict to add seconds to, summed over blocks (thread time, so with several
+            threads the sums exceed the wall time): ``rank_s`` (ranking) and ``scores_s`` (rank
+            sums, AUPRC, U, AUC and p-values).
 
     Returns:
         A dict of numpy arrays:
@@ -101,8 +107,13 @@ def score_block(
     keep_r2 = np.empty((n_units, n_images), dtype=np.uint32) if return_ranks and ranks is None else None
     tie_terms = np.empty(n_units, dtype=np.float64) if keep_r2 is not None else None
 
+    clock = time.perf_counter
+    lock = threading.Lock()
+    spent = [0.0, 0.0]  # rank, scores
+
     def work(bounds: tuple[int, int]) -> None:
         k0, k1 = bounds
+        t0 = clock()
         if ranks is None:
             r2, tie_term, dead[k0:k1], n_nonfinite[k0:k1], below = rank_block(
                 a[:, k0:k1], with_below=True
@@ -116,6 +127,7 @@ def score_block(
             tie_term = ranks.tie_term[k0:k1]
             dead[k0:k1] = ranks.dead[k0:k1]
             n_nonfinite[k0:k1] = ranks.n_nonfinite[k0:k1]
+        t1 = clock()
         rank_sum2, ap = block_rank_sums_and_ap(r2, below, layout)
         del r2, below
         auc, u = auc_from_ranks(rank_sum2 * 0.5, layout.n_pos, n_images)
@@ -123,11 +135,18 @@ def score_block(
         ap[:, unscored] = np.nan
         for key, value in (("auc", auc), ("auprc", ap), ("p_value", p), ("log_p", log_p), ("u", u)):
             out[key][k0:k1] = value
+        t2 = clock()
+        with lock:
+            spent[0] += t1 - t0
+            spent[1] += t2 - t1
 
     # Several tasks per thread keep the threads busy to the end; no more than _MAX_BLOCK units
     # per task keeps memory bounded whatever the number of units.
     per_task = -(-n_units // (4 * resolve_threads(n_threads, max(n_units, 1))))
     run_blocks(work, unit_blocks(n_units, max(1, min(_MAX_BLOCK, per_task))), n_threads)
+    if timings is not None:
+        timings["rank_s"] = timings.get("rank_s", 0.0) + spent[0]
+        timings["scores_s"] = timings.get("scores_s", 0.0) + spent[1]
     n_unscored = int(unscored.sum())
     if n_unscored:
         warnings.warn(
