@@ -95,12 +95,13 @@ def run_audit(cfg: RunConfig, *, quiet: bool = False, report: bool = True, stage
     from neuronscan.io import RunLock
 
     run, run_id = run_dir_for(cfg)
-    with RunLock(run.root, command=f"neuronscan {'run' if 'score' in stages else 'probe'} (run {run_id})"):
-        return _locked_audit(cfg, run, run_id, quiet=quiet, report=report, stages=stages, restart=restart)
+    with RunLock(run.root, command=f"neuronscan {'run' if 'score' in stages else 'probe'} (run {run_id})") as lock:
+        return _locked_audit(cfg, run, run_id, quiet=quiet, report=report, stages=stages, restart=restart,
+                             lock_token=lock.holder["token"])
 
 
 def _locked_audit(cfg: RunConfig, run: RunDir, run_id: str, *, quiet: bool, report: bool, stages,
-                  restart: bool) -> dict:
+                  restart: bool, lock_token: str) -> dict:
     from neuronscan import __version__
     from neuronscan.io import scrub
     from pipelines._fingerprint import check_fingerprint, fingerprint
@@ -141,7 +142,7 @@ def _locked_audit(cfg: RunConfig, run: RunDir, run_id: str, *, quiet: bool, repo
         patch["fingerprint"] = fp
     run.update_info(patch)
     try:
-        return _run_stages(cfg, run, plan, stages, report=report, quiet=quiet)
+        return _run_stages(cfg, run, plan, stages, report=report, quiet=quiet, lock_token=lock_token)
     except KeyboardInterrupt:
         run.update_info({"status": "interrupted", "finished": _now()})
         raise
@@ -155,16 +156,19 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
-def _run_stages(cfg: RunConfig, run: RunDir, plan, stages, *, report: bool, quiet: bool) -> dict:
+def _run_stages(cfg: RunConfig, run: RunDir, plan, stages, *, report: bool, quiet: bool, lock_token: str) -> dict:
     from pipelines.probe import run_probe
 
     if "probe" in stages:
-        ps = run_probe(cfg, run.root, quiet=quiet, plan=plan)
+        ps = run_probe(cfg, run.root, quiet=quiet, plan=plan, lock_token=lock_token)
         run.update_info({"counts": {"inputs": ps.n_inputs, "images": ps.n_inputs, "ok": ps.n_ok,
                                     "failed": ps.n_failed, "resumed_images": ps.resumed, "units": ps.layers},
                          "timings": {"probe_s": round(ps.seconds, 3)}, "failures": ps.failures,
                          "data": ps.extra.get("source", {}),
                          "probe": {"images_per_second": round(ps.images_per_second, 2),
+                                   "steady_images_per_second": ps.extra.get("steady_images_per_second"),
+                                   "phases_s": ps.extra.get("phases_s"),
+                                   "part_rows": ps.extra.get("part_rows"),
                                    "image_size": ps.extra.get("image_size"),
                                    "actor_peak_rss_mib": ps.extra.get("actor_peak_rss_mib")}})
         if ps.n_ok == 0:

@@ -266,14 +266,24 @@ def top_entries(image_ids: np.ndarray, values: np.ndarray, loc: np.ndarray, m: i
     )
 
 
-def write_parts(batch: dict[str, np.ndarray], *, out: str, outputs: list[str], topk: int) -> dict[str, np.ndarray]:
+def write_parts(batch: dict[str, np.ndarray], *, out: str, outputs: list[str], topk: int,
+                lock_token: str | None = None) -> dict[str, np.ndarray]:
     """Write one part of probe output (a Ray Data task downstream of the actors) and commit it.
 
     Per layer statistic an activation part and the part's top-M entries, then the CLIP part, and
     **last** ``probe/commits/<part>.parquet`` with every image of the part (failed ones included): a
     part counts only once its commit exists, so a crash loses at most the parts being written.
+
+    Args:
+        lock_token: the token of the run's lock (`neuronscan.io.RunLock`) held by this run's driver;
+            checked before writing and again before committing, so that a worker that outlived a killed
+            driver never commits into the run a resume now holds.
     """
+    from neuronscan.io import check_holder
+
     run = RunDir(out)
+    if lock_token is not None:
+        check_holder(out, lock_token)
     part = uuid.uuid4().hex
     ids = np.asarray(batch["image_id"], dtype=np.int64)
     ok = np.asarray(batch["ok"], dtype=bool)
@@ -295,6 +305,8 @@ def write_parts(batch: dict[str, np.ndarray], *, out: str, outputs: list[str], t
                 schema=clip_schema(dim),
             )
             write_parquet_atomic(table, run.clip_part(part))
+    if lock_token is not None:
+        check_holder(out, lock_token)
     commit = pa.Table.from_arrays(
         [
             pa.array(ids, pa.int64()),
@@ -471,11 +483,14 @@ def prepare_probe(cfg, run_dir: str) -> ProbePlan:
                      state_sha256=state_sha256(spec.module))
 
 
-def run_probe(cfg, run_dir: str, *, quiet: bool = False, plan: ProbePlan | None = None) -> ProbeSummary:
+def run_probe(cfg, run_dir: str, *, quiet: bool = False, plan: ProbePlan | None = None,
+              lock_token: str | None = None) -> ProbeSummary:
     """Probe every input of ``cfg`` into ``run_dir``, resuming a previous attempt at the same run dir.
 
     Args:
         plan: from :func:`prepare_probe` (made here when not given).
+        lock_token: the token of the `RunLock` the caller holds on ``run_dir``; without one, the probe
+            takes the lock itself for its duration.
 
     Returns:
         A :class:`ProbeSummary`; ``images.parquet`` holds every input exactly once.
@@ -484,6 +499,15 @@ def run_probe(cfg, run_dir: str, *, quiet: bool = False, plan: ProbePlan | None 
         InputError / ModelError: bad inputs or model settings, before any work starts.
         RuntimeError: the end-of-run check processed + failed == inputs failed (never expected).
     """
+    if lock_token is None:
+        from neuronscan.io import RunLock
+
+        with RunLock(run_dir, command="neuronscan probe") as lock:
+            return _run_probe(cfg, run_dir, quiet=quiet, plan=plan, lock_token=lock.holder["token"])
+    return _run_probe(cfg, run_dir, quiet=quiet, plan=plan, lock_token=lock_token)
+
+
+def _run_probe(cfg, run_dir: str, *, quiet: bool, plan: ProbePlan | None, lock_token: str) -> ProbeSummary:
     import ray
 
     t0 = time.perf_counter()
@@ -564,7 +588,7 @@ def run_probe(cfg, run_dir: str, *, quiet: bool = False, plan: ProbePlan | None 
         # CPU task encodes, writes and commits it, off the model's path.
         ds = ds.map_batches(
             write_parts,
-            fn_kwargs={"out": run_dir, "outputs": list(outputs), "topk": pcfg.topk},
+            fn_kwargs={"out": run_dir, "outputs": list(outputs), "topk": pcfg.topk, "lock_token": lock_token},
             batch_size=rows_per_part,
             num_cpus=pcfg.write_cpus,
             zero_copy_batch=True,

@@ -17,7 +17,7 @@ from neuronscan.io._fs import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from neuronscan.io._lock import RunLock, RunLockedError
+from neuronscan.io._lock import RunLock, RunLockedError, check_holder
 from neuronscan.io._redact import redact_uri, scrub, scrub_obj, uri_secrets
 from neuronscan.io._rundir import (
     RUN_ID_TIME,
@@ -53,6 +53,7 @@ __all__ = [
     "RunInfoError",
     "RunLock",
     "RunLockedError",
+    "check_holder",
     "PartFileError",
     "read_part",
     "redact_uri",

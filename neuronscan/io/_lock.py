@@ -23,7 +23,7 @@ import uuid
 
 from neuronscan.errors import NeuronscanError
 
-__all__ = ["RunLock", "RunLockedError", "S3_LEASE_TTL_S", "S3_LEASE_RENEW_S"]
+__all__ = ["RunLock", "RunLockedError", "S3_LEASE_TTL_S", "S3_LEASE_RENEW_S", "check_holder"]
 
 S3_LEASE_TTL_S = 300.0
 """An S3 lease whose heartbeat is older than this is stale (its holder is gone)."""
@@ -45,6 +45,24 @@ def _describe(holder: dict | None) -> str:
         return "another process (it has not written its details yet)"
     return (f"{holder.get('command', 'neuronscan')} on host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, "
             f"since {holder.get('started', '?')}")
+
+
+def check_holder(root: str, token: str) -> None:
+    """Raise `RunLockedError` unless the writer holding ``root``'s lock is the one with ``token``.
+
+    Ray workers of a driver that was killed can outlive it by seconds; a part writer calls this before it
+    commits, so a worker of a dead run never commits into a run that another process now holds.
+    """
+    from neuronscan.io._fs import get_fs, join
+
+    fs, path = get_fs(join(str(root).rstrip("/"), "run.lock"))
+    try:
+        holder = json.loads(fs.cat_file(path))
+    except (FileNotFoundError, ValueError):
+        holder = None
+    if not isinstance(holder, dict) or holder.get("token") != token:
+        raise RunLockedError(f"run {root} is now held by {_describe(holder)}: this writer's run ended; its part "
+                             "is not committed")
 
 
 class RunLock:

@@ -146,3 +146,15 @@ def test_model_mean_and_std_change_the_activations_as_the_normalisation_says(tmp
             expected = rec(normalised)["conv2:mean"][0].numpy()
         rec.close()
         np.testing.assert_allclose(runs[label], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_writer_whose_run_ended_commits_nothing(actor, tmp_path):
+    """A part writer of a killed driver (Ray workers outlive it) must not commit into the run a resume holds."""
+    from neuronscan.io import RunLock, RunLockedError
+
+    out = actor(_batch(range(4), np.random.default_rng(5)))
+    with RunLock(str(tmp_path)) as lock:
+        write_parts(out, out=str(tmp_path), outputs=["conv2:max"], topk=3, lock_token=lock.holder["token"])
+        with pytest.raises(RunLockedError, match="not committed"):
+            write_parts(out, out=str(tmp_path), outputs=["conv2:max"], topk=3, lock_token="a-dead-driver")
+    assert len(RunDir(str(tmp_path)).committed_parts()) == 1
