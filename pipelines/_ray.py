@@ -1,4 +1,10 @@
-"""Starting or joining Ray, quietly; optionally in the background while the caller reads its inputs."""
+"""Starting or joining Ray, quietly; optionally in the background while the caller reads its inputs.
+
+``init_ray(background=True)`` returns at once with a ``Future``. Joining a cluster begins at once; an
+embedded Ray (no address) begins when the score stage has seen its inputs and asks for it
+(`begin_ray_start`), or when anything waits for it, so that inputs the driver scores alone in less time
+than Ray takes to start (~5 s on 2 cores, and ~1.5 s to stop) never start one.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +17,26 @@ import sys
 import threading
 import time
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 
-__all__ = ["init_ray", "local_ray_starting", "release_ray", "resolve_address", "wait_for_ray"]
+__all__ = ["begin_ray_start", "init_ray", "local_ray_starting", "release_ray", "resolve_address", "wait_for_ray"]
 
 log = logging.getLogger("neuronscan")
 
-# A start begun with ``init_ray(background=True)``: its Future, when it was requested, and whether it
-# starts an embedded Ray (no cluster address).
-_pending: tuple[Future, float, bool] | None = None
+
+@dataclass
+class _Start:
+    """A start requested with ``init_ray(background=True)``."""
+
+    kwargs: dict
+    local: bool  # an embedded Ray (no cluster address)
+    future: Future = field(default_factory=Future)
+    begun: float | None = None  # perf_counter when the helper thread was asked to start it
+
+
+_pending: _Start | None = None
 _pending_lock = threading.Lock()
-# Seconds the last start took (from the request to Ray being up), whoever started it.
+# Seconds the last start took (from its beginning to Ray being up), whoever started it.
 _last_start_s: float | None = None
 _starter: queue.Queue | None = None
 # Whether init_ray started (or joined) the Ray in use, so that release_ray may stop it.
@@ -43,9 +59,10 @@ def init_ray(
     """Join a cluster or start an embedded Ray sized to this machine; reuse one already running.
 
     Args:
-        background: start Ray on a helper thread and return at once with a ``Future`` of the dict, so the
-            caller can read its inputs meanwhile; the score stage waits for it (`wait_for_ray`) before it
-            dispatches. A later ``init_ray`` call waits for that start instead of starting another.
+        background: return at once with a ``Future`` of the dict; Ray starts on a helper thread while the
+            caller reads its inputs (an embedded Ray once `begin_ray_start` or `wait_for_ray` is called; the
+            score stage calls them). A later ``init_ray`` call waits for that start instead of starting
+            another.
 
     Returns:
         A small dict describing the Ray in use (for run.json and the terminal), or its ``Future``.
@@ -54,17 +71,18 @@ def init_ray(
     kwargs = dict(address=address, num_cpus=num_cpus, object_store_memory=object_store_memory, progress=progress)
     if background:
         with _pending_lock:
-            if _pending is not None and not (_pending[0].done() and _pending[0].exception() is not None):
-                return _pending[0]
-            future: Future = Future()
+            if _pending is not None and not _failed(_pending.future):
+                return _pending.future
             ray = sys.modules.get("ray")  # importing Ray takes ~1 s: the helper thread does it when it is not loaded
             if ray is not None and ray.is_initialized():
-                future.set_result(_describe(address, progress))
-                return future
-            _quiet_thread_warning()
-            _pending = (future, time.perf_counter(), resolve_address(address) is None)
-            _start_thread().put((future, kwargs))
-        return future
+                done: Future = Future()
+                done.set_result(_describe(address, progress))
+                return done
+            _pending = _Start(kwargs, local=resolve_address(address) is None)
+            start = _pending
+        if not start.local:
+            begin_ray_start()
+        return start.future
     if _pending is not None:
         info = wait_for_ray()["info"]
         if info is not None:
@@ -72,33 +90,44 @@ def init_ray(
     return _start(**kwargs)
 
 
+def begin_ray_start() -> None:
+    """Begin the start that ``init_ray(background=True)`` requested, if it has not begun (else nothing)."""
+    with _pending_lock:
+        start = _pending
+        if start is None or start.begun is not None or start.future.done():
+            return
+        _quiet_thread_warning()
+        start.begun = time.perf_counter()
+        _start_thread().put(start)
+
+
 def local_ray_starting() -> Future | None:
-    """The background start of an embedded Ray (`init_ray` with ``background=True``, no cluster address)
-    while it is still under way; None otherwise."""
-    pending = _pending
-    if pending is None or not pending[2] or pending[0].done():
+    """The requested background start of an embedded Ray while it is not up (begun or not); None otherwise."""
+    start = _pending
+    if start is None or not start.local or start.future.done():
         return None
-    return pending[0]
+    return start.future
 
 
 def wait_for_ray() -> dict:
-    """Wait for a Ray start begun in the background, if any.
+    """Wait for a Ray start requested with ``init_ray(background=True)``, beginning it if need be.
 
     Returns:
-        ``{"info": the init_ray dict or None (no background start), "start_s": seconds that start took
-        (None when unknown), "wait_s": seconds this call waited}``.
+        ``{"info": the init_ray dict or None (no such start), "start_s": seconds that start took (None when
+        unknown), "wait_s": seconds this call waited}``.
 
     Raises:
         Whatever starting Ray raised.
     """
     global _pending
     t0 = time.perf_counter()
-    pending = _pending
-    if pending is None:
+    start = _pending
+    if start is None:
         return {"info": None, "start_s": _last_start_s, "wait_s": 0.0}
-    info = pending[0].result()
+    begin_ray_start()
+    info = start.future.result()
     with _pending_lock:
-        if _pending is pending:
+        if _pending is start:
             _pending = None
     return {"info": info, "start_s": _last_start_s, "wait_s": time.perf_counter() - t0}
 
@@ -108,15 +137,22 @@ def release_ray() -> threading.Thread | None:
 
     For a command that is done with Ray before it is done: stopping an embedded Ray takes ~1.5 s on 2
     cores (Ray's exit hook sleeps 0.5 s, then waits for each of its processes), which then overlaps the
-    command's last steps instead of delaying its exit. A start still under way in the background is let
-    finish first. Nothing held from the object store may be used afterwards (arrays returned by
-    ``ray.get`` are views of it). A Ray that this module did not start (``ray.init`` called elsewhere) is
-    left alone.
+    command's last steps instead of delaying its exit. A requested start that has not begun is dropped;
+    one under way is let finish first. Nothing held from the object store may be used afterwards (arrays
+    returned by ``ray.get`` are views of it). A Ray that this module did not start (``ray.init`` called
+    elsewhere) is left alone.
 
     Returns:
         The thread doing it (the interpreter waits for it at exit), or None when there is nothing to stop.
     """
-    if _pending is None and not _ours:
+    global _pending
+    with _pending_lock:
+        start = _pending
+        if start is not None and start.begun is None:
+            start.future.cancel()  # never begun: nothing was started
+            _pending = None
+            start = None
+    if start is None and not _ours:
         return None
 
     def stop() -> None:
@@ -135,11 +171,15 @@ def release_ray() -> threading.Thread | None:
     return thread
 
 
-def _start(*, address, num_cpus, object_store_memory, progress, requested: float | None = None) -> dict:
+def _failed(future: Future) -> bool:
+    return future.done() and (future.cancelled() or future.exception() is not None)
+
+
+def _start(*, address, num_cpus, object_store_memory, progress, begun: float | None = None) -> dict:
     global _last_start_s, _ours
     import ray
 
-    t0 = time.perf_counter() if requested is None else requested
+    t0 = time.perf_counter() if begun is None else begun
     address = resolve_address(address)
     if not ray.is_initialized():
         common = dict(logging_level=logging.WARNING, log_to_driver=True, configure_logging=True)
@@ -198,13 +238,13 @@ def _start_thread() -> queue.Queue:
 
             atexit.register(_finish_pending_start)
             while True:
-                future, kwargs = requests.get()
-                if not future.set_running_or_notify_cancel():
+                start: _Start = requests.get()
+                if not start.future.set_running_or_notify_cancel():
                     continue
                 try:
-                    future.set_result(_start(**kwargs, requested=_pending[1] if _pending else None))
+                    start.future.set_result(_start(**start.kwargs, begun=start.begun))
                 except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the start
-                    future.set_exception(exc)
+                    start.future.set_exception(exc)
 
         threading.Thread(target=serve, args=(_starter,), name="neuronscan-ray-start", daemon=True).start()
         if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
@@ -216,11 +256,11 @@ def _start_thread() -> queue.Queue:
 
 
 def _finish_pending_start() -> None:
-    """At exit, let a background start finish, so that Ray's exit hook (which runs next) stops it whole."""
-    pending = _pending
-    if pending is not None:
+    """At exit, let a start under way finish, so that Ray's exit hook (which runs next) stops it whole."""
+    start = _pending
+    if start is not None and start.begun is not None:
         try:
-            pending[0].result(timeout=120)
+            start.future.result(timeout=120)
         except BaseException:  # noqa: BLE001 - exiting anyway
             pass
 

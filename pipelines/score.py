@@ -420,9 +420,11 @@ def _discover(activations_dir: str, labels: pd.DataFrame, hierarchy, committed: 
     layer_ids: dict[str, np.ndarray] = {}
     mats: dict[str, LabelMatrix] = {}
     layouts: dict[str, object] = {}
-    for lp in parts:
+    for i, lp in enumerate(parts):
         with timings.phase("read_image_ids"):
             ids, dups = read_image_ids(lp.files, lp.units)
+        if i == 0:
+            _begin_ray_unless_small(len(ids) * sum(len(p.units) for p in parts))
         counts["duplicate_image_rows"] += dups
         key = ids.tobytes()
         if key not in index_cache:
@@ -462,6 +464,20 @@ def _progress(say, total: int):
     return report
 
 
+_DRIVER_ONLY_VALUES = 1 << 22
+"""Unit × image values the driver scores alone rather than start an embedded Ray for them (~1 s of
+ranking and scores on one core, a few with permutations and formulas; starting and stopping Ray: ~6.5 s)."""
+
+
+def _begin_ray_unless_small(n_values: int) -> None:
+    """Begin a requested background start of Ray now (it overlaps the rest of discovery and the driver's
+    first shards), unless the inputs are small enough for the driver alone. A start on a cluster has begun."""
+    from pipelines._ray import begin_ray_start
+
+    if n_values > _DRIVER_ONLY_VALUES:
+        begin_ray_start()
+
+
 def _wait_for_ray(timings: _Timings) -> None:
     """Wait for a Ray start begun in the background (``init_ray(background=True)``) and record its timing."""
     from pipelines._ray import wait_for_ray
@@ -497,7 +513,8 @@ def _score_while_ray_starts(found: _Layers, shards: list[_Shard], params: ShardP
 
     Starting a local Ray takes ~5 s on 2 cores and keeps them only half busy; the driver would otherwise
     wait. It takes shards from the front of ``shards`` (removing them) one at a time, with the same
-    function a task runs, and stops once Ray is up. Never on a cluster (whose workers may see other files).
+    function a task runs, and stops once Ray is up: all of them when the start was never begun (small
+    inputs, `_begin_ray_unless_small`). Never on a cluster (whose workers may see other files).
     """
     from pipelines._ray import local_ray_starting
 

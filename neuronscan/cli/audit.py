@@ -143,8 +143,8 @@ def _cmd_score(args) -> int:
         read_inputs_s = time.perf_counter() - t
         if not exists(args.activations):
             raise NeuronscanError(f"activations folder {args.activations!r} does not exist")
-        # Ray starts in the background while the score stage lists the parts, reads their image ids and
-        # builds the label matrix; it waits for Ray only to dispatch the shards.
+        # Ray starts in the background while the score stage reads the image ids, builds the label matrix and
+        # scores the first shards itself (small inputs: all of them, and no Ray is started).
         ray_future = init_ray(args.address, background=True)
         # This command needs Ray only for the shards: it stops while the tables are written.
         summary = run_score(activations_dir=args.activations, labels=labels, out_dir=args.out, score_cfg=score_cfg,
@@ -169,8 +169,8 @@ def _cmd_score(args) -> int:
             "hierarchy": args.hierarchy,
             "finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             # Unless the shards were all scored before the Ray start (begun in the background) was done.
-            "ray": (ray_future.result() if ray_future.done() and ray_future.exception() is None
-                    else {"address": args.address or "local", "used": False}),
+            "ray": (ray_future.result() if ray_future.done() and not ray_future.cancelled()
+                    and ray_future.exception() is None else {"address": args.address or "local", "used": False}),
             "units": summary.layers,
             "counts": {"concepts": summary.n_concepts, "scored_images": summary.n_images, "tests": summary.n_tests,
                        "significant_pairs": summary.n_significant},

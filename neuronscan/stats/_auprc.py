@@ -220,15 +220,17 @@ def block_rank_sums_and_ap(
                 rank_sum2[u, b.concepts] = keys.sum(axis=-1, dtype=np.int64)
             np.take(ext, b.index, mode="clip", out=keys)
             keys.sort(axis=-1)
-            np.copyto(terms, keys)
+            # g = N - s of every element, exact integers in float64 (pads: N - key < 0, with weight 0).
+            np.subtract(float(n_images), keys, out=terms)
             if ties.sparse:
-                if b.index.shape[1] * (_BOTTOM_KEY + 2 * n_images) < _FLOAT_EXACT:
-                    # Integers below 2**53 throughout, so this float64 sum is exact.
-                    key_sum = terms.sum(axis=-1).astype(np.int64)
+                row_len = b.index.shape[1]
+                if row_len * (_BOTTOM_KEY + 2 * n_images) < _FLOAT_EXACT:
+                    # Integers below 2**53 throughout, so these float64 sums are exact:
+                    # sum(s) = L N - sum(N - s).
+                    key_sum = (row_len * float(n_images) - terms.sum(axis=-1)).astype(np.int64)
                 else:
                     key_sum = keys.sum(axis=-1, dtype=np.int64)
             # sum_j (n_c - j) / g_j with g = N - s; pads have weight 0.
-            np.subtract(float(n_images), terms, out=terms)
             np.divide(b.weight, terms, out=terms)
             total = terms.sum(axis=-1)
             if ties.sparse:

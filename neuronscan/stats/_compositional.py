@@ -267,7 +267,9 @@ def compositional_search_units(
         concept_rank_sums = np.asarray(lab.csr_t @ block)  # (n_concepts, k)
         out = []
         for k in range(block.shape[1]):
-            r = np.ascontiguousarray(block[:, k])
+            # The unit's ranks: a column of ``block``, read from ``r2`` where it is contiguous when the
+            # ranks are unit-major (`UnitRanks.ranks`), which saves a strided copy per unit.
+            r = np.ascontiguousarray(r2[:, start + k])
             unit = _UnitAtoms(lab, params, r, concept_rank_sums[:, k])
             nodes, n_evaluated = _run_unit(unit, bounds, 1)
             if nodes:

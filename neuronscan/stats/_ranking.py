@@ -224,13 +224,19 @@ def rank_block(
     t = size if n_images < 2**21 else size.astype(np.float64)
     tie_term = np.add.reduceat((t * t - 1) * t, first_group)
     dead = size[first_group] == n_images
-    r2 = np.empty((n_block, n_images), dtype=np.uint32)
-    np.put(r2, flat_order, np.take(r2_group.astype(np.uint32), group, mode="clip"), mode="clip")
-    below = None
-    if with_below:
-        below = np.empty((n_block, n_images), dtype=np.uint32)
-        np.put(below, flat_order, np.take(start.astype(np.uint32), group, mode="clip"), mode="clip")
-    return r2, tie_term, dead, n_nonfinite, below
+    if not with_below:
+        r2 = np.empty((n_block, n_images), dtype=np.uint32)
+        np.put(r2, flat_order, np.take(r2_group.astype(np.uint32), group, mode="clip"), mode="clip")
+        return r2, tie_term, dead, n_nonfinite, None
+    # Both per image: one scatter of (r2, s) pairs as uint64 costs little more than one of uint32
+    # (the scatter is bound by its random writes), then each half is copied out contiguous.
+    pair = np.empty((r2_group.size, 2), dtype=np.uint32)
+    pair[:, 0] = r2_group
+    pair[:, 1] = start
+    both = np.empty((n_block, n_images), dtype=np.uint64)
+    np.put(both, flat_order, np.take(pair.view(np.uint64).reshape(-1), group, mode="clip"), mode="clip")
+    halves = both.view(np.uint32).reshape(n_block, n_images, 2)
+    return np.ascontiguousarray(halves[..., 0]), tie_term, dead, n_nonfinite, np.ascontiguousarray(halves[..., 1])
 
 
 def below_from_doubled(r2: np.ndarray) -> np.ndarray:

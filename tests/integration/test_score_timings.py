@@ -79,7 +79,7 @@ def _assert_phases_add_up(timings: dict) -> None:
 
 
 def test_the_command_line_writes_score_json_with_every_phase(data, tmp_path, request):
-    """A fresh process: Ray starts in the background, the driver scores shards meanwhile, score.json tells all."""
+    """A fresh process on small inputs: the driver scores every shard, starts no Ray, and score.json tells all."""
     root, run, _ = data
     out = tmp_path / "scored"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}
@@ -98,8 +98,9 @@ def test_the_command_line_writes_score_json_with_every_phase(data, tmp_path, req
     assert phases["startup"] > 0
     n_shards = -(-6 // SHARD) + -(-4 // SHARD)
     assert timings["shards"]["count"] == n_shards
-    # Shards scored by the driver while Ray started (tiny shards: most or all of them).
-    assert timings["shards_in_driver"] >= 1 and "shards_in_driver" in phases
+    # Inputs this small are scored by the driver alone: no Ray is started for them.
+    assert timings["shards_in_driver"] == n_shards and "shards_in_driver" in phases
+    assert info["ray"] == {"address": "local", "used": False}
     assert info["counts"]["tests"] == N_UNITS * 4  # every concept has positives and negatives; dead units count
     assert info["units"] == {"layer3:mean": 6, "layer4": 4}
     assert info["config"]["score"]["n_perm"] == 50
@@ -182,3 +183,27 @@ def test_a_rescore_records_its_phases_in_run_json(ray_local, data, tmp_path):
     assert timings["score_s"] == pytest.approx(summary.seconds, abs=0.001)
     assert timings["score_phases"]["phases_s"] == summary.timings["phases_s"]
     assert timings["score_phases"]["shards"]["count"] == 4
+
+
+def test_a_requested_background_start_begins_only_when_asked(monkeypatch):
+    """init_ray(background=True) for an embedded Ray starts nothing until the score stage (or a wait) asks."""
+    import pipelines._ray as pray
+
+    begun = []
+    monkeypatch.setattr(pray, "_pending", None)
+    monkeypatch.setattr(pray, "_ours", False)
+    monkeypatch.setattr(pray, "_start_thread", lambda: type("Q", (), {"put": lambda self, s: begun.append(s)})())
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if "ray" in sys.modules:
+        monkeypatch.setattr(sys.modules["ray"], "is_initialized", lambda: False)
+    future = pray.init_ray(background=True)
+    assert not future.done() and begun == [] and pray.local_ray_starting() is future
+    assert pray.init_ray(background=True) is future  # one start per process
+    pray.begin_ray_start()
+    pray.begin_ray_start()
+    assert len(begun) == 1 and begun[0].begun is not None
+
+    monkeypatch.setattr(pray, "_pending", None)
+    dropped = pray.init_ray(background=True)
+    assert pray.release_ray() is None and dropped.cancelled()  # never begun: nothing to stop
+    assert pray.local_ray_starting() is None and len(begun) == 1
