@@ -19,7 +19,15 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-__all__ = ["begin_ray_start", "init_ray", "local_ray_starting", "release_ray", "resolve_address", "wait_for_ray"]
+__all__ = [
+    "begin_ray_start",
+    "init_ray",
+    "local_ray_starting",
+    "ray_start_begun",
+    "release_ray",
+    "resolve_address",
+    "wait_for_ray",
+]
 
 log = logging.getLogger("neuronscan")
 
@@ -107,6 +115,12 @@ def local_ray_starting() -> Future | None:
     if start is None or not start.local or start.future.done():
         return None
     return start.future
+
+
+def ray_start_begun() -> bool:
+    """Whether a requested background start has begun (and so competes for the CPUs until Ray is up)."""
+    start = _pending
+    return start is not None and start.begun is not None
 
 
 def wait_for_ray() -> dict:

@@ -17,6 +17,7 @@ background (``init_ray(background=True)``) overlaps discovery; the wait for it i
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 import warnings
@@ -507,36 +508,124 @@ def _shards(found: _Layers, shard: int) -> list[_Shard]:
             for lp in found.parts for start in range(0, len(lp.units), shard)]
 
 
-def _score_while_ray_starts(found: _Layers, shards: list[_Shard], params: ShardParams, clip_obj: dict | None,
-                            timings: _Timings, progress) -> list[tuple[_Shard, dict]]:
-    """Score shards in this process while an embedded Ray is still starting in the background.
+class _DriverShards:
+    """Shards scored in this process while an embedded Ray starts in the background.
 
-    Starting a local Ray takes ~5 s on 2 cores and keeps them only half busy; the driver would otherwise
-    wait. It takes shards from the front of ``shards`` (removing them) one at a time, with the same
-    function a task runs, and stops once Ray is up: all of them when the start was never begun (small
-    inputs, `_begin_ray_unless_small`). Never on a cluster (whose workers may see other files).
+    Starting a local Ray takes ~5 s on 2 cores and keeps them only half busy. Meanwhile the driver takes
+    shards from the front of the list one at a time, with the function a task runs, on a helper thread at
+    the lowest CPU priority (``nice 19``), so that it uses the cycles Ray's start leaves idle without
+    slowing that start; once Ray is up, the main thread hands the shards not yet taken to Ray (`take_rest`)
+    and the helper finishes the one it holds. A start that was never begun (small inputs,
+    `_begin_ray_unless_small`) leaves every shard to the driver, at normal priority. Never on a cluster
+    (whose workers may see other files).
     """
-    from pipelines._ray import local_ray_starting
 
-    done: list[tuple[_Shard, dict]] = []
+    def __init__(self, found: _Layers, shards: list[_Shard], params: ShardParams, clip_obj: dict | None,
+                 timings: _Timings, progress, starting) -> None:
+        import threading
+
+        self.found, self.shards, self.params, self.clip = found, shards, params, clip_obj
+        self.timings, self.progress, self.starting = timings, progress, starting
+        self.lock = threading.Lock()
+        self.done: list[tuple[_Shard, dict]] = []
+        self.error: BaseException | None = None
+        self.thread: threading.Thread | None = None
+
+    def _next(self) -> _Shard | None:
+        with self.lock:
+            if not self.shards or self.starting.done():
+                return None
+            return self.shards.pop(0)
+
+    def _score(self, s: _Shard) -> None:
+        found = self.found
+        result = score_shard(s.files, s.columns, s.first_unit, found.image_ids[s.layer], found.labels[s.layer].matrix,
+                             found.concepts, self.params, self.clip, found.layouts[s.layer])
+        with self.lock:
+            self.timings.add_shard(result.pop("timings", {}))
+            self.done.append((s, result))
+            n_done = len(self.done)
+        self.progress(n_done)
+
+    def run_all(self) -> None:
+        """Score every shard here (no Ray start has begun, so nothing else wants the CPUs)."""
+        with self.timings.phase("shards_in_driver"):
+            while (s := self._next()) is not None:
+                self._score(s)
+
+    def start(self) -> None:
+        """Score shards on a low-priority helper thread until Ray is up or none is left."""
+        import threading
+
+        def work() -> None:
+            try:
+                try:  # Linux: a thread's niceness is its own; raising it needs no privilege
+                    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+                except (AttributeError, OSError):
+                    pass
+                while (s := self._next()) is not None:
+                    self._score(s)
+            except BaseException as exc:  # noqa: BLE001 - raised in the main thread by join()
+                self.error = exc
+
+        self.thread = threading.Thread(target=work, name="neuronscan-driver-shards", daemon=True)
+        self.thread.start()
+
+    def wait_for_ray_or_all_done(self) -> None:
+        """Block until Ray is up, or the helper has scored every shard (or failed)."""
+        from concurrent.futures import wait
+
+        while self.thread is not None and self.thread.is_alive() and not self.starting.done():
+            wait([self.starting], timeout=0.05)
+
+    def take_rest(self) -> list[_Shard]:
+        """The shards the helper has not taken (it takes no more)."""
+        with self.lock:
+            rest, self.shards[:] = list(self.shards), []
+        return rest
+
+    def join(self) -> list[tuple[_Shard, dict]]:
+        if self.thread is not None:
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
+        self.timings.extra["shards_in_driver"] = len(self.done)
+        return self.done
+
+
+def _score_shards(found: _Layers, shards: list[_Shard], params: ShardParams, score_cfg, clip_obj: dict | None,
+                  timings: _Timings, say) -> list[tuple[_Shard, dict]]:
+    """Every shard's result: scored in the driver while an embedded Ray starts (`_DriverShards`), the rest as
+    Ray tasks (`_dispatch`)."""
+    from pipelines._ray import local_ray_starting, ray_start_begun
+
+    progress = _progress(say, len(shards))
     starting = local_ray_starting()
     if starting is None:
-        return done
-    with timings.phase("shards_in_driver"):
-        while shards and not starting.done():
-            s = shards.pop(0)
-            result = score_shard(s.files, s.columns, s.first_unit, found.image_ids[s.layer],
-                                 found.labels[s.layer].matrix, found.concepts, params, clip_obj, found.layouts[s.layer])
-            timings.add_shard(result.pop("timings", {}))
-            done.append((s, result))
-            progress(len(done))
-    timings.extra["shards_in_driver"] = len(done)
-    return done
+        _wait_for_ray(timings)
+        return _dispatch(found, shards, params, score_cfg, clip_obj, timings, progress)
+    driver = _DriverShards(found, shards, params, clip_obj, timings, progress, starting)
+    if ray_start_begun():
+        driver.start()
+        with timings.phase("ray_wait"):  # the helper thread scores shards meanwhile
+            driver.wait_for_ray_or_all_done()
+        if driver.error is not None:
+            driver.join()  # raises it
+    else:
+        driver.run_all()
+    rest = driver.take_rest()
+    scored: list[tuple[_Shard, dict]] = []
+    if rest:
+        _wait_for_ray(timings)
+        scored = _dispatch(found, rest, params, score_cfg, clip_obj, timings, progress,
+                           already=lambda: len(driver.done))
+    with timings.phase("driver_shard_tail"):  # the helper's last shard, when it outlasts Ray's tasks
+        return driver.join() + scored
 
 
 def _dispatch(found: _Layers, shards: list[_Shard], params: ShardParams, score_cfg, clip_obj: dict | None,
-              timings: _Timings, progress, already: int = 0) -> list[tuple[_Shard, dict]]:
-    """Run one Ray task per shard of units; return each shard's result (``already``: shards done before)."""
+              timings: _Timings, progress, already=lambda: 0) -> list[tuple[_Shard, dict]]:
+    """Run one Ray task per shard of units; return each shard's result (``already()``: shards done elsewhere)."""
     import ray
 
     unit_cap = score_cfg.units_per_shard
@@ -569,7 +658,7 @@ def _dispatch(found: _Layers, shards: list[_Shard], params: ShardParams, score_c
                     raise _task_failure(exc, s.what, unit_cap) from None
                 timings.add_shard(result.pop("timings", {}))
                 results.append((s, result))
-            progress(already + len(results))
+            progress(already() + len(results))
     return results
 
 
@@ -799,11 +888,7 @@ def run_score(
     n_images = len(found.image_ids[found.parts[0].layer])
     say(f"score: {found.total_units:,} units × {len(concepts):,} concepts over {n_images:,} images "
         f"in {len(shards)} shard(s) of ≤ {score_cfg.units_per_shard} units")
-    progress = _progress(say, len(shards))
-    scored = _score_while_ray_starts(found, shards, params, clip_obj, timings, progress)
-    if shards:  # else the driver scored them all before Ray was up (small inputs)
-        _wait_for_ray(timings)
-        scored += _dispatch(found, shards, params, score_cfg, clip_obj, timings, progress, already=len(scored))
+    scored = _score_shards(found, shards, params, score_cfg, clip_obj, timings, say)
     results: dict[str, list[dict]] = {lp.layer: [] for lp in found.parts}
     for s, result in scored:
         results[s.layer].append(result)
