@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -43,7 +44,7 @@ class _Counter(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if not self.enabled:
             return
-        msg = record.getMessage()
+        msg = re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage())  # werkzeug colours some status lines
         for method in ("GET", "HEAD", "PUT", "POST", "DELETE"):
             if f'"{method} ' in msg:
                 self.counts[method] += 1
@@ -73,12 +74,14 @@ def main(argv: list[str] | None = None) -> int:
         probe = config_from_dict({"data": {"folder": "x"}, "model": {"name": "m", "layers": ["l"]}}).probe
         args.rows_per_part = part_rows(probe, args.n_units)
     counter = _Counter()
-    logging.getLogger("werkzeug").addHandler(counter)
-    logging.getLogger("werkzeug").setLevel(logging.INFO)
+    werkzeug = logging.getLogger("werkzeug")
+    werkzeug.addHandler(counter)
+    werkzeug.setLevel(logging.INFO)
+    werkzeug.propagate = False  # counted, not printed
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=True)  # verbose: every request is logged
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT),
