@@ -92,11 +92,50 @@ def _busy_cpu_s() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def _children_cpu_s() -> float:
-    import resource
+class _TreeCPU:
+    """CPU seconds of a process and every process under it, sampled from /proc every 0.2 s.
 
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    Ray's workers are children of its raylet, which the command stops without reaping them itself, so
+    ``getrusage(RUSAGE_CHILDREN)`` misses them; sampling sees them (all but their last 0.2 s).
+    """
+
+    def __init__(self, pid: int) -> None:
+        import threading
+
+        self.pid, self.ticks, self.stop = pid, {}, threading.Event()
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        stats = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as fh:
+                        fields = fh.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                stats[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _) in stats.items():
+            children.setdefault(ppid, []).append(pid)
+        stack = [self.pid]
+        while stack:
+            pid = stack.pop()
+            stack.extend(children.get(pid, []))
+            if pid in stats:
+                self.ticks[pid] = max(self.ticks.get(pid, 0), stats[pid][1])
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self._sample()
+            self.stop.wait(0.2)
+
+    def seconds(self) -> float:
+        self.stop.set()
+        self.thread.join()
+        return sum(self.ticks.values()) / self.tick
 
 
 def run_cli(root: Path, out: Path, extra: list[str], code_root: Path = ROOT) -> dict:
@@ -105,16 +144,18 @@ def run_cli(root: Path, out: Path, extra: list[str], code_root: Path = ROOT) -> 
     cmd = [sys.executable, "-m", "neuronscan", "score", "--activations", str(root / "run" / "activations"),
            "--labels", str(root / "labels.parquet"), "--out", str(out), "--quiet", *extra]
     load = os.getloadavg()[0]
-    busy0, ours0 = _busy_cpu_s(), _children_cpu_s()
+    busy0 = _busy_cpu_s()
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, cwd=code_root, capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, env=env, cwd=code_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tree = _TreeCPU(proc.pid)
+    stdout, stderr = proc.communicate()
     seconds = time.perf_counter() - t0
-    # CPU the command used (with every process under it: Ray's, reaped when it stops) and what other
-    # processes on the machine used meanwhile: the honest measure of how busy the machine was.
-    ours = _children_cpu_s() - ours0
+    # CPU the command used (with every process under it: Ray's) and what other processes on the machine
+    # used meanwhile: the honest measure of how busy the machine was.
+    ours = tree.seconds()
     others = max(0.0, _busy_cpu_s() - busy0 - ours)
     if proc.returncode != 0:
-        sys.stderr.write(proc.stdout + proc.stderr)
+        sys.stderr.write(stdout + stderr)
         raise SystemExit(f"neuronscan score failed with exit code {proc.returncode}")
     score_json = out / "score.json"
     timings = json.loads(score_json.read_text()).get("timings", {}) if score_json.exists() else {}

@@ -514,10 +514,11 @@ class _DriverShards:
     Starting a local Ray takes ~5 s on 2 cores and keeps them only half busy. Meanwhile the driver takes
     shards from the front of the list one at a time, with the function a task runs, on a helper thread at
     the lowest CPU priority (``nice 19``), so that it uses the cycles Ray's start leaves idle without
-    slowing that start; once Ray is up, the main thread hands the shards not yet taken to Ray (`take_rest`)
-    and the helper finishes the one it holds. A start that was never begun (small inputs,
-    `_begin_ray_unless_small`) leaves every shard to the driver, at normal priority. Never on a cluster
-    (whose workers may see other files).
+    slowing that start. Once Ray is up the main thread hands every shard the helper has not finished to
+    Ray (`hand_over`), the one it is scoring included: at nice 19 beside busy Ray workers that one would
+    finish last and hold up the run, so the helper's copy is dropped (the numbers are the same either way).
+    A start that was never begun (small inputs, `_begin_ray_unless_small`) leaves every shard to the
+    driver, at normal priority. Never on a cluster (whose workers may see other files).
     """
 
     def __init__(self, found: _Layers, shards: list[_Shard], params: ShardParams, clip_obj: dict | None,
@@ -528,20 +529,26 @@ class _DriverShards:
         self.timings, self.progress, self.starting = timings, progress, starting
         self.lock = threading.Lock()
         self.done: list[tuple[_Shard, dict]] = []
+        self.current: _Shard | None = None
+        self.handed_over = False
         self.error: BaseException | None = None
         self.thread: threading.Thread | None = None
 
     def _next(self) -> _Shard | None:
         with self.lock:
-            if not self.shards or self.starting.done():
+            self.current = None
+            if self.handed_over or not self.shards or self.starting.done():
                 return None
-            return self.shards.pop(0)
+            self.current = self.shards.pop(0)
+            return self.current
 
     def _score(self, s: _Shard) -> None:
         found = self.found
         result = score_shard(s.files, s.columns, s.first_unit, found.image_ids[s.layer], found.labels[s.layer].matrix,
                              found.concepts, self.params, self.clip, found.layouts[s.layer])
         with self.lock:
+            if self.handed_over and self.current is s:
+                return  # Ray scores it too: this copy is dropped
             self.timings.add_shard(result.pop("timings", {}))
             self.done.append((s, result))
             n_done = len(self.done)
@@ -558,15 +565,17 @@ class _DriverShards:
         import threading
 
         def work() -> None:
+            try:  # Linux: a thread's niceness is its own; raising it needs no privilege
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+            except (AttributeError, OSError):
+                pass
             try:
-                try:  # Linux: a thread's niceness is its own; raising it needs no privilege
-                    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-                except (AttributeError, OSError):
-                    pass
                 while (s := self._next()) is not None:
                     self._score(s)
-            except BaseException as exc:  # noqa: BLE001 - raised in the main thread by join()
-                self.error = exc
+            except BaseException as exc:  # noqa: BLE001 - raised in the main thread
+                with self.lock:
+                    if not self.handed_over:
+                        self.error = exc
 
         self.thread = threading.Thread(target=work, name="neuronscan-driver-shards", daemon=True)
         self.thread.start()
@@ -578,19 +587,23 @@ class _DriverShards:
         while self.thread is not None and self.thread.is_alive() and not self.starting.done():
             wait([self.starting], timeout=0.05)
 
-    def take_rest(self) -> list[_Shard]:
-        """The shards the helper has not taken (it takes no more)."""
-        with self.lock:
-            rest, self.shards[:] = list(self.shards), []
-        return rest
+    def hand_over(self) -> list[_Shard]:
+        """Every shard not scored here yet, the one in progress first; the helper records nothing more.
 
-    def join(self) -> list[tuple[_Shard, dict]]:
-        if self.thread is not None:
-            self.thread.join()
-        if self.error is not None:
-            raise self.error
-        self.timings.extra["shards_in_driver"] = len(self.done)
-        return self.done
+        Raises:
+            The helper's error, if scoring a shard failed before.
+        """
+        with self.lock:
+            if self.error is not None:
+                raise self.error
+            rest = ([self.current] if self.current is not None else []) + self.shards
+            self.shards[:] = []
+            self.handed_over = True
+            busy = self.current is not None
+            self.timings.extra["shards_in_driver"] = len(self.done)
+        if not busy and self.thread is not None:
+            self.thread.join()  # it has nothing left to do
+        return rest
 
 
 def _score_shards(found: _Layers, shards: list[_Shard], params: ShardParams, score_cfg, clip_obj: dict | None,
@@ -609,23 +622,19 @@ def _score_shards(found: _Layers, shards: list[_Shard], params: ShardParams, sco
         driver.start()
         with timings.phase("ray_wait"):  # the helper thread scores shards meanwhile
             driver.wait_for_ray_or_all_done()
-        if driver.error is not None:
-            driver.join()  # raises it
     else:
         driver.run_all()
-    rest = driver.take_rest()
-    scored: list[tuple[_Shard, dict]] = []
+    rest = driver.hand_over()
+    scored = list(driver.done)
     if rest:
         _wait_for_ray(timings)
-        scored = _dispatch(found, rest, params, score_cfg, clip_obj, timings, progress,
-                           already=lambda: len(driver.done))
-    with timings.phase("driver_shard_tail"):  # the helper's last shard, when it outlasts Ray's tasks
-        return driver.join() + scored
+        scored += _dispatch(found, rest, params, score_cfg, clip_obj, timings, progress, already=len(scored))
+    return scored
 
 
 def _dispatch(found: _Layers, shards: list[_Shard], params: ShardParams, score_cfg, clip_obj: dict | None,
-              timings: _Timings, progress, already=lambda: 0) -> list[tuple[_Shard, dict]]:
-    """Run one Ray task per shard of units; return each shard's result (``already()``: shards done elsewhere)."""
+              timings: _Timings, progress, already: int = 0) -> list[tuple[_Shard, dict]]:
+    """Run one Ray task per shard of units; return each shard's result (``already``: shards done before)."""
     import ray
 
     unit_cap = score_cfg.units_per_shard
@@ -658,7 +667,7 @@ def _dispatch(found: _Layers, shards: list[_Shard], params: ShardParams, score_c
                     raise _task_failure(exc, s.what, unit_cap) from None
                 timings.add_shard(result.pop("timings", {}))
                 results.append((s, result))
-            progress(already() + len(results))
+            progress(already + len(results))
     return results
 
 
