@@ -10,8 +10,13 @@ tasks. The driver then applies Benjamini–Hochberg over every p-value of the ru
 whatever the number of images.
 
 Every phase is timed (`ScoreSummary.timings`): the driver's wall time per phase, which adds up to the
-whole call, and the shard tasks' own seconds per phase summed over the shards. A Ray start begun in the
-background (``init_ray(background=True)``) overlaps discovery; the wait for it is a phase of its own.
+whole call, and the shard tasks' own seconds per phase summed over the shards.
+
+An embedded Ray requested with ``init_ray(background=True)`` starts once discovery has read the first
+layer's image ids, and overlaps the rest of discovery; until it is up the driver scores shards itself on a
+low-priority thread (`_DriverShards`). Inputs of at most `_DRIVER_ONLY_VALUES` unit × image values are
+scored by the driver alone and start no Ray. Either way the numbers are those a Ray task computes: the
+same function on the same inputs.
 """
 
 from __future__ import annotations
@@ -65,11 +70,14 @@ class ScoreSummary:
     Attributes:
         seconds: wall time of the call.
         timings: where it went (see `_Timings.as_dict`): ``total_s``; ``phases_s``, the driver's wall
-            seconds per phase in order (they add up to ``total_s``); ``ray_start_s``, how long the Ray
-            start took (it overlaps discovery when begun in the background; ``phases_s.ray_wait`` is
-            the part that did not); ``shards``, the tasks' own seconds per phase summed over the shards
-            (``read``, ``rank``, ``scores`` = rank sums + AUC + AUPRC + p, ``permutation``,
-            ``compositional``, ``wpmi``, ``other``), their count and the slowest task.
+            seconds per phase in order (they add up to ``total_s``; ``ray_wait`` is the wait for a Ray
+            start, during which the driver scores shards on a helper thread, ``shards_in_driver`` the
+            time it scored them alone); ``ray_start_s``, how long the Ray start took; ``shards_in_driver``,
+            how many shards the driver scored; ``bh_s`` (part of ``reduce``); ``write_neuron_concepts_s``,
+            the whole write of the pair table (it overlaps ``unit_summary`` and ``write_neurons``);
+            ``shards``, the shards' own seconds per phase summed over them (``read``, ``rank``, ``scores``
+            = rank sums + AUC + AUPRC + p, ``permutation``, ``compositional``, ``wpmi``, ``other``), their
+            count and the slowest.
     """
 
     out_dir: str
@@ -202,7 +210,7 @@ def _read_columns(files: list[str], columns: list[str]) -> tuple[np.ndarray, np.
     if len(ids) and np.all(ids[1:] > ids[:-1]):  # the usual case: already sorted and unique, no copy
         return ids, values
     uniq, first = np.unique(ids, return_index=True)
-    return uniq, values[first]
+    return uniq, by_unit[:, first].T
 
 
 def _read_local_part(uri: str, columns: list[str]) -> pa.Table:
@@ -216,7 +224,8 @@ def _read_local_part(uri: str, columns: list[str]) -> pa.Table:
         import pyarrow.parquet as pq
 
         try:
-            return pq.ParquetFile(uri, page_checksum_verification=True).read(columns=columns, use_threads=False)
+            with pq.ParquetFile(uri, page_checksum_verification=True) as part:
+                return part.read(columns=columns, use_threads=False)
         except (OSError, ValueError, pa.ArrowException):
             pass  # read_part raises the error that names the file (or reads it, if this path was the problem)
     return read_part(uri, columns)
@@ -865,8 +874,9 @@ def run_score(
 ) -> ScoreSummary:
     """Score every unit of every layer under ``activations_dir`` against every concept in ``labels``.
 
-    Four steps: discover the layers and their images, dispatch one Ray task per shard of units, reduce
-    (assemble the layers, BH over every p-value of the run), write the two tables.
+    Four steps: discover the layers and their images, score the shards of units (Ray tasks; while an
+    embedded Ray started with ``init_ray(background=True)`` is not up, the driver scores them itself),
+    reduce (assemble the layers, BH over every p-value of the run), write the two tables.
 
     Args:
         activations_dir: folder of ``<layer>/part-*.parquet`` (``image_id`` + ``u00000…`` float32).
