@@ -172,6 +172,15 @@ def forward_only(args) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def _median_or_none(values: list):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet18")
@@ -225,11 +234,12 @@ def main(argv: list[str] | None = None) -> int:
                 runs[name].append(res)
             print(f"repeat {r + 1}: end to end plain {plain['images_per_second']:.1f} img/s, "
                   f"ray {ray_res['images_per_second']:.1f} img/s; steady plain "
-                  f"{plain['steady_images_per_second']:.1f}, ray {ray_res['steady_images_per_second']:.1f}; "
+                  f"{_fmt(plain['steady_images_per_second'])}, ray {_fmt(ray_res['steady_images_per_second'])}; "
                   "ray phases (s) "
                   f"{ray_res['phases_s']}", flush=True)
     med = {k: statistics.median(x["images_per_second"] for x in v) for k, v in runs.items()}
-    steady = {k: statistics.median(x["steady_images_per_second"] for x in v) for k, v in runs.items()}
+    # The Ray probe's driver sees one result per part: a run that fits one part has no steady state.
+    steady = {k: _median_or_none([x["steady_images_per_second"] for x in v]) for k, v in runs.items()}
     fwd = forward_only(args)
     result = {
         "benchmark": "probe_throughput",
@@ -243,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "median_images_per_second": med,
         "ratio_ray_to_plain": med["ray"] / med["plain"],
         "median_steady_images_per_second": steady,
-        "steady_ratio_ray_to_plain": steady["ray"] / steady["plain"],
+        "steady_ratio_ray_to_plain": (steady["ray"] / steady["plain"]) if steady["ray"] and steady["plain"] else None,
         "actor_peak_rss_mib": max(x["actor_peak_rss_mib"] for x in runs["ray"]),
         "forward_only_images_per_second": fwd,
         "ratio_ray_to_forward_only": med["ray"] / fwd,
@@ -253,9 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"median end to end: plain {med['plain']:.1f} img/s, ray {med['ray']:.1f} img/s, ratio "
-          f"{result['ratio_ray_to_plain']:.3f}; steady state: plain {steady['plain']:.1f}, "
-          f"ray {steady['ray']:.1f}, ratio "
-          f"{result['steady_ratio_ray_to_plain']:.3f}; forward-only {fwd:.1f} img/s; actor peak RSS "
+          f"{result['ratio_ray_to_plain']:.3f}; steady state: plain {_fmt(steady['plain'])}, "
+          f"ray {_fmt(steady['ray'])}, ratio "
+          f"{_fmt(result['steady_ratio_ray_to_plain'])}; forward-only {fwd:.1f} img/s; actor peak RSS "
           f"{result['actor_peak_rss_mib']:.0f} MiB → {args.out}")
     return 0
 
