@@ -13,16 +13,14 @@ Every phase is timed (`ScoreSummary.timings`): the driver's wall time per phase,
 whole call, and the shard tasks' own seconds per phase summed over the shards.
 
 An embedded Ray requested with ``init_ray(background=True)`` starts once discovery has read the first
-layer's image ids, and overlaps the rest of discovery; until it is up the driver scores shards itself on a
-low-priority thread (`_DriverShards`). Inputs of at most `_DRIVER_ONLY_VALUES` unit × image values are
-scored by the driver alone and start no Ray. Either way the numbers are those a Ray task computes: the
-same function on the same inputs.
+layer's image ids, and overlaps the rest of discovery (the wait for it is the ``ray_wait`` phase). Inputs of
+at most `_DRIVER_ONLY_VALUES` unit × image values are scored by the driver alone and start no Ray: the
+numbers are those a Ray task computes (the same function on the same inputs).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 import warnings
@@ -70,10 +68,10 @@ class ScoreSummary:
     Attributes:
         seconds: wall time of the call.
         timings: where it went (see `_Timings.as_dict`): ``total_s``; ``phases_s``, the driver's wall
-            seconds per phase in order (they add up to ``total_s``; ``ray_wait`` is the wait for a Ray
-            start, during which the driver scores shards on a helper thread, ``shards_in_driver`` the
-            time it scored them alone); ``ray_start_s``, how long the Ray start took; ``shards_in_driver``,
-            how many shards the driver scored; ``bh_s`` (part of ``reduce``); ``write_neuron_concepts_s``,
+            seconds per phase in order (they add up to ``total_s``; ``ray_wait`` is the part of a
+            background Ray start that discovery did not cover, ``shards_in_driver`` the scoring of small
+            inputs without Ray); ``ray_start_s``, how long the Ray start took; ``shards_in_driver``, how
+            many shards the driver scored; ``bh_s`` (part of ``reduce``); ``write_neuron_concepts_s``,
             the whole write of the pair table (it overlaps ``unit_summary`` and ``write_neurons``);
             ``shards``, the shards' own seconds per phase summed over them (``read``, ``rank``, ``scores``
             = rank sums + AUC + AUPRC + p, ``permutation``, ``compositional``, ``wpmi``, ``other``), their
@@ -476,7 +474,8 @@ def _progress(say, total: int):
 
 _DRIVER_ONLY_VALUES = 1 << 22
 """Unit × image values the driver scores alone rather than start an embedded Ray for them (~1 s of
-ranking and scores on one core, a few with permutations and formulas; starting and stopping Ray: ~6.5 s)."""
+ranking and scores on one core, a few with permutations and formulas; starting and stopping Ray on 2
+cores: ~6.5 s)."""
 
 
 def _begin_ray_unless_small(n_values: int) -> None:
@@ -517,128 +516,30 @@ def _shards(found: _Layers, shard: int) -> list[_Shard]:
             for lp in found.parts for start in range(0, len(lp.units), shard)]
 
 
-class _DriverShards:
-    """Shards scored in this process while an embedded Ray starts in the background.
-
-    Starting a local Ray takes ~5 s on 2 cores and keeps them only half busy. Meanwhile the driver takes
-    shards from the front of the list one at a time, with the function a task runs, on a helper thread at
-    the lowest CPU priority (``nice 19``), so that it uses the cycles Ray's start leaves idle without
-    slowing that start. Once Ray is up the main thread hands every shard the helper has not finished to
-    Ray (`hand_over`), the one it is scoring included: at nice 19 beside busy Ray workers that one would
-    finish last and hold up the run, so the helper's copy is dropped (the numbers are the same either way).
-    A start that was never begun (small inputs, `_begin_ray_unless_small`) leaves every shard to the
-    driver, at normal priority. Never on a cluster (whose workers may see other files).
-    """
-
-    def __init__(self, found: _Layers, shards: list[_Shard], params: ShardParams, clip_obj: dict | None,
-                 timings: _Timings, progress, starting) -> None:
-        import threading
-
-        self.found, self.shards, self.params, self.clip = found, shards, params, clip_obj
-        self.timings, self.progress, self.starting = timings, progress, starting
-        self.lock = threading.Lock()
-        self.done: list[tuple[_Shard, dict]] = []
-        self.current: _Shard | None = None
-        self.handed_over = False
-        self.error: BaseException | None = None
-        self.thread: threading.Thread | None = None
-
-    def _next(self) -> _Shard | None:
-        with self.lock:
-            self.current = None
-            if self.handed_over or not self.shards or self.starting.done():
-                return None
-            self.current = self.shards.pop(0)
-            return self.current
-
-    def _score(self, s: _Shard) -> None:
-        found = self.found
-        result = score_shard(s.files, s.columns, s.first_unit, found.image_ids[s.layer], found.labels[s.layer].matrix,
-                             found.concepts, self.params, self.clip, found.layouts[s.layer])
-        with self.lock:
-            if self.handed_over and self.current is s:
-                return  # Ray scores it too: this copy is dropped
-            self.timings.add_shard(result.pop("timings", {}))
-            self.done.append((s, result))
-            n_done = len(self.done)
-        self.progress(n_done)
-
-    def run_all(self) -> None:
-        """Score every shard here (no Ray start has begun, so nothing else wants the CPUs)."""
-        with self.timings.phase("shards_in_driver"):
-            while (s := self._next()) is not None:
-                self._score(s)
-
-    def start(self) -> None:
-        """Score shards on a low-priority helper thread until Ray is up or none is left."""
-        import threading
-
-        def work() -> None:
-            try:  # Linux: a thread's niceness is its own; raising it needs no privilege
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-            except (AttributeError, OSError):
-                pass
-            try:
-                while (s := self._next()) is not None:
-                    self._score(s)
-            except BaseException as exc:  # noqa: BLE001 - raised in the main thread
-                with self.lock:
-                    if not self.handed_over:
-                        self.error = exc
-
-        self.thread = threading.Thread(target=work, name="neuronscan-driver-shards", daemon=True)
-        self.thread.start()
-
-    def wait_for_ray_or_all_done(self) -> None:
-        """Block until Ray is up, or the helper has scored every shard (or failed)."""
-        from concurrent.futures import wait
-
-        while self.thread is not None and self.thread.is_alive() and not self.starting.done():
-            wait([self.starting], timeout=0.05)
-
-    def hand_over(self) -> list[_Shard]:
-        """Every shard not scored here yet, the one in progress first; the helper records nothing more.
-
-        Raises:
-            The helper's error, if scoring a shard failed before.
-        """
-        with self.lock:
-            if self.error is not None:
-                raise self.error
-            rest = ([self.current] if self.current is not None else []) + self.shards
-            self.shards[:] = []
-            self.handed_over = True
-            busy = self.current is not None
-            self.timings.extra["shards_in_driver"] = len(self.done)
-        if not busy and self.thread is not None:
-            self.thread.join()  # it has nothing left to do
-        return rest
-
-
 def _score_shards(found: _Layers, shards: list[_Shard], params: ShardParams, score_cfg, clip_obj: dict | None,
                   timings: _Timings, say) -> list[tuple[_Shard, dict]]:
-    """Every shard's result: scored in the driver while an embedded Ray starts (`_DriverShards`), the rest as
-    Ray tasks (`_dispatch`)."""
+    """Every shard's result: as Ray tasks (`_dispatch`), or scored here when the inputs are too small to be
+    worth starting an embedded Ray for (its requested start was not begun, `_begin_ray_unless_small`).
+
+    Here, the driver calls the function a task runs, on the same inputs: the numbers are the same.
+    """
     from pipelines._ray import local_ray_starting, ray_start_begun
 
     progress = _progress(say, len(shards))
-    starting = local_ray_starting()
-    if starting is None:
-        _wait_for_ray(timings)
-        return _dispatch(found, shards, params, score_cfg, clip_obj, timings, progress)
-    driver = _DriverShards(found, shards, params, clip_obj, timings, progress, starting)
-    if ray_start_begun():
-        driver.start()
-        with timings.phase("ray_wait"):  # the helper thread scores shards meanwhile
-            driver.wait_for_ray_or_all_done()
-    else:
-        driver.run_all()
-    rest = driver.hand_over()
-    scored = list(driver.done)
-    if rest:
-        _wait_for_ray(timings)
-        scored += _dispatch(found, rest, params, score_cfg, clip_obj, timings, progress, already=len(scored))
-    return scored
+    if local_ray_starting() is not None and not ray_start_begun():
+        done: list[tuple[_Shard, dict]] = []
+        with timings.phase("shards_in_driver"):
+            for s in shards:
+                result = score_shard(s.files, s.columns, s.first_unit, found.image_ids[s.layer],
+                                     found.labels[s.layer].matrix, found.concepts, params, clip_obj,
+                                     found.layouts[s.layer])
+                timings.add_shard(result.pop("timings", {}))
+                done.append((s, result))
+                progress(len(done))
+        timings.extra["shards_in_driver"] = len(done)
+        return done
+    _wait_for_ray(timings)
+    return _dispatch(found, shards, params, score_cfg, clip_obj, timings, progress)
 
 
 def _dispatch(found: _Layers, shards: list[_Shard], params: ShardParams, score_cfg, clip_obj: dict | None,
@@ -874,9 +775,9 @@ def run_score(
 ) -> ScoreSummary:
     """Score every unit of every layer under ``activations_dir`` against every concept in ``labels``.
 
-    Four steps: discover the layers and their images, score the shards of units (Ray tasks; while an
-    embedded Ray started with ``init_ray(background=True)`` is not up, the driver scores them itself),
-    reduce (assemble the layers, BH over every p-value of the run), write the two tables.
+    Four steps: discover the layers and their images, score the shards of units (Ray tasks; small inputs
+    in the driver, see `_score_shards`), reduce (assemble the layers, BH over every p-value of the run),
+    write the two tables.
 
     Args:
         activations_dir: folder of ``<layer>/part-*.parquet`` (``image_id`` + ``u00000…`` float32).

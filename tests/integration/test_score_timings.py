@@ -1,6 +1,6 @@
 """The score stage accounts for its time: every phase timed, the shards' own seconds summed, written where a
-user looks (score.json beside the tables, run.json for a probed run), and scoring shards in the driver while
-Ray starts changes no number."""
+user looks (score.json beside the tables, run.json for a probed run), and scoring small inputs in the driver
+(no Ray started) changes no number."""
 
 from __future__ import annotations
 
@@ -145,30 +145,25 @@ def test_steps_turned_off_take_no_time(ray_local, data, tmp_path):
 
 
 def test_shards_scored_in_the_driver_equal_ray_tasks(ray_local, data, tmp_path, monkeypatch):
-    """While a local Ray starts the driver scores shards itself; mixed with Ray tasks, nothing changes."""
+    """Small inputs whose Ray start was never begun are scored in the driver: the same numbers as Ray's."""
+    from concurrent.futures import Future
+
     import pipelines._ray
 
     _, run, labels = data
     cfg = _score_cfg().score
     ray_only = tmp_path / "ray"
-    run_score(activations_dir=run.activations_dir, labels=labels, out_dir=str(ray_only), score_cfg=cfg, quiet=True)
-
-    class StartingForTwoShards:
-        """A Ray start that is "done" once the driver has scored two shards."""
-
-        checks = 0
-
-        def done(self) -> bool:
-            self.checks += 1
-            return self.checks > 2
-
-    monkeypatch.setattr(pipelines._ray, "local_ray_starting", lambda: StartingForTwoShards())
-    mixed = tmp_path / "mixed"
-    summary = run_score(activations_dir=run.activations_dir, labels=labels, out_dir=str(mixed), score_cfg=cfg,
+    summary = run_score(activations_dir=run.activations_dir, labels=labels, out_dir=str(ray_only), score_cfg=cfg,
                         quiet=True)
-    assert summary.timings["shards_in_driver"] == 2 and summary.timings["shards"]["count"] == 4
-    assert summary.timings["phases_s"]["shards_in_driver"] > 0
-    _assert_bit_identical(_tables(mixed), _tables(ray_only))
+    assert "shards_in_driver" not in summary.timings and "ray_wait" in summary.timings["phases_s"]
+
+    monkeypatch.setattr(pipelines._ray, "local_ray_starting", lambda: Future())  # requested, not begun
+    in_driver = tmp_path / "driver"
+    summary = run_score(activations_dir=run.activations_dir, labels=labels, out_dir=str(in_driver), score_cfg=cfg,
+                        quiet=True)
+    assert summary.timings["shards_in_driver"] == summary.timings["shards"]["count"] == 4
+    assert summary.timings["phases_s"]["shards_in_driver"] > 0 and "ray_wait" not in summary.timings["phases_s"]
+    _assert_bit_identical(_tables(in_driver), _tables(ray_only))
 
 
 def test_a_rescore_records_its_phases_in_run_json(ray_local, data, tmp_path):
