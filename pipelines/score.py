@@ -102,6 +102,7 @@ class _Timings:
         self.phases: dict[str, float] = {}
         self.shards: dict[str, float] = dict.fromkeys(SHARD_PHASES, 0.0)
         self.shard_tasks: list[float] = []
+        self.shard_cpu = 0.0
         self.extra: dict = {}
 
     @contextmanager
@@ -116,6 +117,7 @@ class _Timings:
         for key in SHARD_PHASES:
             self.shards[key] += timings.get(key, 0.0)
         self.shard_tasks.append(timings.get("task", 0.0))
+        self.shard_cpu += timings.get("cpu", 0.0)
 
     def as_dict(self) -> dict:
         total = time.perf_counter() - self.t0
@@ -129,6 +131,7 @@ class _Timings:
             "shards": {
                 "count": len(tasks),
                 "task_s_sum": round(sum(tasks), 3),
+                "task_cpu_s_sum": round(self.shard_cpu, 3),
                 "task_s_max": round(max(tasks), 3) if tasks else 0.0,
                 "phases_s_sum": {k: round(v, 3) for k, v in self.shards.items()},
             },
@@ -307,7 +310,7 @@ def score_shard(
     )
 
     clock = time.perf_counter
-    t_task = clock()
+    t_task, cpu_task = clock(), time.process_time()
     timings = dict.fromkeys(SHARD_PHASES, 0.0)
     ids, acts = _read_columns(files, columns)
     timings["read"] = clock() - t_task
@@ -358,6 +361,7 @@ def score_shard(
         out["wpmi_logcond"] = _wpmi_logcond(ids, acts, clip)
         timings["wpmi"] = clock() - t
     timings["task"] = clock() - t_task
+    timings["cpu"] = time.process_time() - cpu_task  # the worker's CPU meanwhile: below "task" when it waited
     timings["other"] = max(0.0, timings["task"] - sum(timings[k] for k in SHARD_PHASES if k != "other"))
     out["timings"] = timings
     return out
