@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from neuronscan.concepts import read_hierarchy, read_labels
+from neuronscan.concepts._labels import read_concept_names
 from neuronscan.config import RunConfig
 from neuronscan.data import labels_from_listing, list_image_folder, read_manifest
 from neuronscan.errors import InputError
@@ -27,6 +28,10 @@ class ProbeInputs:
 
 def plan_inputs(cfg: RunConfig) -> ProbeInputs:
     """List the inputs named by ``cfg.data`` and gather their labels.
+
+    ``data.concept_names`` renames the gathered labels' concepts (the source's and ``data.labels``'), so that
+    class folders named by wnid label images with the readable leaves of a hierarchy; the listing keeps the
+    folder names.
 
     Raises:
         InputError: a missing folder or manifest, an empty labels file, an unreadable hierarchy.
@@ -59,6 +64,11 @@ def plan_inputs(cfg: RunConfig) -> ProbeInputs:
     if data.labels:
         extra = read_labels(data.labels)
         labels = pd.concat([labels, extra], ignore_index=True).drop_duplicates(ignore_index=True)
+    if data.concept_names:
+        names = read_concept_names(data.concept_names)
+        renamed = labels["concept"].map(lambda c: names.get(c, c)).astype(labels["concept"].dtype)
+        labels = labels.assign(concept=renamed).drop_duplicates(ignore_index=True)
+        source["concept_names"] = data.concept_names
     if data.hierarchy:
         hierarchy = read_hierarchy(data.hierarchy)
     if len(labels) == 0:

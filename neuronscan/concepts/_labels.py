@@ -12,10 +12,19 @@ import scipy.sparse as sp
 
 from neuronscan.errors import InputError
 
-__all__ = ["LabelMatrix", "read_labels", "read_hierarchy", "build_label_matrix", "concept_depths", "ancestors_map"]
+__all__ = [
+    "LabelMatrix",
+    "read_labels",
+    "read_hierarchy",
+    "read_concept_names",
+    "build_label_matrix",
+    "concept_depths",
+    "ancestors_map",
+]
 
 
-def _read_table(path: str) -> pd.DataFrame:
+def _read_table(path: str, *, csv: bool = False) -> pd.DataFrame:
+    """A Parquet file as a DataFrame; with ``csv``, a ``.csv`` file too, every cell text ("NA" stays "NA")."""
     from neuronscan.io import get_fs
 
     fs, p = get_fs(path)
@@ -24,6 +33,11 @@ def _read_table(path: str) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     with fs.open(p, "rb") as fh:
+        if csv and str(path).lower().endswith(".csv"):
+            try:
+                return pd.read_csv(fh, dtype=str, keep_default_na=False, na_values=[""])
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise InputError(f"{path!r} is not a readable CSV file: {exc}") from exc
         try:
             return pq.read_table(fh).to_pandas()
         except pa.ArrowInvalid as exc:
@@ -67,7 +81,9 @@ def _integer_ids(ids: pd.Series, path: str) -> np.ndarray:
 
 
 def read_hierarchy(path: str) -> list[tuple[str, str]]:
-    """Read ``(concept, parent)`` edges from Parquet, or YAML (``{parent: [child, ...]}`` or a list of pairs)."""
+    """Read ``(concept, parent)`` edges from Parquet or CSV (columns ``concept``, ``parent``; other columns, such
+    as ``configs/imagenet_hierarchy.csv``'s wnids, are ignored), or YAML (``{parent: [child, ...]}`` or a list of
+    pairs)."""
     if str(path).endswith((".yaml", ".yml")):
         import yaml
 
@@ -81,12 +97,40 @@ def read_hierarchy(path: str) -> list[tuple[str, str]]:
         else:
             raise InputError(f"hierarchy {path!r}: expected a mapping parent: [children] or a list of [child, parent]")
     else:
-        df = _read_table(path)
+        df = _read_table(path, csv=True)
         if not {"concept", "parent"} <= set(df.columns):
             raise InputError(f"hierarchy {path!r} needs columns concept, parent; found {list(df.columns)}")
+        if df["concept"].isna().any() or df["parent"].isna().any():
+            raise InputError(f"hierarchy {path!r} has empty concept or parent values")
         edges = list(zip(df["concept"].astype(str), df["parent"].astype(str)))
     ancestors_map(edges)  # raises on cycles
     return edges
+
+
+def read_concept_names(path: str) -> dict[str, str]:
+    """Read a renaming of concepts, ``id -> concept``, from Parquet or CSV with columns ``id``, ``concept``.
+
+    ``id`` is a concept as the labels name it (an ImageNet class folder, ``n01440764``), ``concept`` the name to
+    use instead (``tench``); ``configs/imagenet_concept_names.csv`` maps the 1,000 ImageNet-1k wnids to the
+    leaves of ``configs/imagenet_hierarchy.csv``. Other columns are ignored.
+
+    Raises:
+        InputError: missing file or columns, no rows, empty values, or an id given twice.
+    """
+    df = _read_table(path, csv=True)
+    missing = {"id", "concept"} - set(df.columns)
+    if missing:
+        raise InputError(f"concept names {path!r} lack column(s) {sorted(missing)}; found {list(df.columns)}")
+    if len(df) == 0:
+        raise InputError(f"concept names {path!r} have no rows")
+    ids, names = df["id"], df["concept"]
+    if ids.isna().any() or names.isna().any() or (names.astype(str).str.strip() == "").any():
+        raise InputError(f"concept names {path!r} have empty id or concept values")
+    ids = ids.astype(str)
+    repeated = sorted(set(ids[ids.duplicated()]))
+    if repeated:
+        raise InputError(f"concept names {path!r} give {len(repeated):,} id(s) twice, e.g. {repeated[:3]}")
+    return dict(zip(ids, names.astype(str)))
 
 
 def ancestors_map(edges: list[tuple[str, str]]) -> dict[str, set[str]]:

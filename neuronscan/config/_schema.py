@@ -74,7 +74,12 @@ class DataSection(_Section):
     manifest: str | None = Field(None, description="Parquet/CSV/JSONL with uri, optional image_id and concepts.")
     shapes_world: ShapesWorldSection | None = None
     labels: str | None = Field(None, description="labels.parquet (image_id, concept); adds to labels from the source.")
-    hierarchy: str | None = Field(None, description="hierarchy.parquet or YAML of (concept, parent) edges.")
+    hierarchy: str | None = Field(None, description="Parquet, CSV or YAML of (concept, parent) edges.")
+    concept_names: str | None = Field(
+        None,
+        description="Parquet or CSV (id, concept) renaming the labels' concepts, e.g. ImageNet class folders "
+        "(wnids) to readable names: configs/imagenet_concept_names.csv.",
+    )
     image_size: Int | None = Field(
         None, ge=8, le=4096, description="Side of the square model input; default: the model's."
     )

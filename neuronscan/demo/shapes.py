@@ -46,7 +46,13 @@ __all__ = [
     "sample_attributes",
     "render",
     "render_dataset",
+    "render_with_mask",
     "generate_shapes_world",
+    "BOXES_SCHEMA",
+    "OBJECT_ATTRIBUTES",
+    "mask_box",
+    "mask_to_rle",
+    "rle_to_mask",
 ]
 
 # Bump when the drawing code changes, so an existing world on disk is regenerated rather than trusted.
@@ -308,6 +314,22 @@ def render(attrs: dict, rng: np.random.Generator, size: int = 64) -> np.ndarray:
         >>> render(attrs, np.random.default_rng(0), size=32).shape
         (32, 32, 3)
     """
+    return render_with_mask(attrs, rng, size)[0]
+
+
+def render_with_mask(attrs: dict, rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`render`, and the object's mask: the same pixels from the same generator draws.
+
+    Returns:
+        ``image``: ``uint8 (size, size, 3)``, identical to ``render(attrs, rng, size)`` for the same ``rng``
+        state; ``mask``: ``bool (size, size)``, True where the shape was drawn.
+
+    Example:
+        >>> attrs = {"shape": "square", "colour": "blue", "texture": "plain", "background": "dark"}
+        >>> image, mask = render_with_mask(attrs, np.random.default_rng(0), size=32)
+        >>> mask.shape, bool(mask.any()), bool(mask.all())
+        ((32, 32), True, False)
+    """
     _validate_attrs(attrs)
     size = _check_size(size)
 
@@ -323,7 +345,7 @@ def render(attrs: dict, rng: np.random.Generator, size: int = 64) -> np.ndarray:
 
     background = _background(attrs["background"], rng, size)
     image = np.where(inside[..., None], fill, background[..., None])
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), inside
 
 
 def render_dataset(
@@ -354,7 +376,80 @@ def render_dataset(
     return images, labels
 
 
-_OUTPUTS = ("manifest.parquet", "labels.parquet", "hierarchy.parquet")
+# The attributes that belong to the drawn object (and so get its box and mask in boxes.parquet); the background
+# is the rest of the image, not an object.
+OBJECT_ATTRIBUTES: tuple[str, ...] = ("shape", "colour", "texture")
+
+BOXES_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.int64()),
+        ("concept", pa.string()),
+        ("x0", pa.int32()),
+        ("y0", pa.int32()),
+        ("x1", pa.int32()),
+        ("y1", pa.int32()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("mask_rle", pa.list_(pa.int32())),
+    ]
+)
+"""``boxes.parquet``: one row per (image, object concept). ``x0, y0, x1, y1`` are a half-open pixel box
+(columns ``x0 … x1 - 1``, rows ``y0 … y1 - 1``); ``width, height`` the image's size; ``mask_rle`` the object's
+mask as :func:`mask_to_rle` writes it."""
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """Half-open bounding box ``(x0, y0, x1, y1)`` of the True pixels of a 2-D mask (all zeros when it has none).
+
+    Example:
+        >>> m = np.zeros((4, 6), dtype=bool); m[1:3, 2:5] = True
+        >>> mask_box(m)
+        (2, 1, 5, 3)
+    """
+    mask = np.asarray(mask, dtype=bool)
+    rows, cols = np.nonzero(mask)
+    if len(rows) == 0:
+        return (0, 0, 0, 0)
+    return (int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1)
+
+
+def mask_to_rle(mask: np.ndarray) -> list[int]:
+    """Run lengths of a 2-D mask in row-major order, alternating False/True runs, starting with False.
+
+    The first run may be 0 (a mask whose first pixel is True); the runs sum to ``height * width``.
+
+    Example:
+        >>> mask_to_rle(np.array([[0, 1, 1], [1, 0, 0]], dtype=bool))
+        [1, 3, 2]
+    """
+    flat = np.asarray(mask, dtype=bool).ravel()
+    if flat.size == 0:
+        return []
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate(([0], change, [flat.size]))
+    runs = np.diff(bounds).tolist()
+    return ([0] + runs) if flat[0] else runs
+
+
+def rle_to_mask(rle: list[int], height: int, width: int) -> np.ndarray:
+    """Inverse of :func:`mask_to_rle`: a ``bool (height, width)`` mask.
+
+    Raises:
+        ValueError: the runs do not sum to ``height * width`` or one is negative.
+
+    Example:
+        >>> rle_to_mask([1, 3, 2], 2, 3).astype(int).tolist()
+        [[0, 1, 1], [1, 0, 0]]
+    """
+    runs = np.asarray(list(rle), dtype=np.int64)
+    if (runs < 0).any() or int(runs.sum()) != height * width:
+        raise ValueError(f"run lengths must be >= 0 and sum to {height} x {width} = {height * width}, "
+                         f"got sum {int(runs.sum())}")
+    values = np.arange(len(runs)) % 2 == 1
+    return np.repeat(values, runs).reshape(height, width)
+
+
+_OUTPUTS = ("manifest.parquet", "labels.parquet", "hierarchy.parquet", "boxes.parquet")
 
 
 def _world_params(n_images: int, seed: int, size: int) -> dict:
@@ -381,6 +476,8 @@ def generate_shapes_world(
     - ``labels.parquet``: long format ``image_id int64, concept string``, leaf concepts only (scorers propagate
       ancestors from the hierarchy);
     - ``hierarchy.parquet``: ``concept string, parent string`` edges (:data:`HIERARCHY`);
+    - ``boxes.parquet`` (:data:`BOXES_SCHEMA`): per image one row for each of the object's concepts (its shape,
+      colour and texture, :data:`OBJECT_ATTRIBUTES`) with the object's pixel box and run-length mask;
     - ``world.json``: the parameters, written last, so a crashed run is regenerated instead of trusted.
 
     The same ``seed`` gives byte-identical files (the manifest's absolute ``uri`` values aside, when written to
@@ -432,13 +529,16 @@ def generate_shapes_world(
     rng = np.random.default_rng(seed)
     uris: list[str] = []
     concepts: list[list[str]] = []
+    boxes: list[tuple] = []
     for image_id in range(n_images):
         attrs = sample_attributes(rng)
-        pixels = render(attrs, rng, size)
+        pixels, mask = render_with_mask(attrs, rng, size)
         path = images_dir / attrs["shape"] / f"{image_id:06d}.png"
         Image.fromarray(pixels, mode="RGB").save(path, format="PNG")
         uris.append(str(path))
         concepts.append([attrs[attribute] for attribute in ATTRIBUTES])
+        box, rle = mask_box(mask), mask_to_rle(mask)
+        boxes.extend((image_id, attrs[attribute], *box, size, size, rle) for attribute in OBJECT_ATTRIBUTES)
 
     image_ids = np.arange(n_images, dtype=np.int64)
     manifest = pa.table(
@@ -457,5 +557,9 @@ def generate_shapes_world(
     pq.write_table(manifest, out_dir / "manifest.parquet")
     pq.write_table(labels, out_dir / "labels.parquet")
     pq.write_table(hierarchy, out_dir / "hierarchy.parquet")
+    pq.write_table(
+        pa.table({name: list(column) for name, column in zip(BOXES_SCHEMA.names, zip(*boxes))}, schema=BOXES_SCHEMA),
+        out_dir / "boxes.parquet",
+    )
     (out_dir / "world.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
     return manifest.to_pandas()
