@@ -29,7 +29,7 @@ class ProbeInputs:
 def plan_inputs(cfg: RunConfig) -> ProbeInputs:
     """List the inputs named by ``cfg.data`` and gather their labels.
 
-    ``data.concept_names`` renames the gathered labels' concepts (the source's and ``data.labels``'), so that
+    ``data.concept_names`` renames the gathered labels' concepts (from the source and from ``data.labels``), so that
     class folders named by wnid label images with the readable leaves of a hierarchy; the listing keeps the
     folder names.
 
