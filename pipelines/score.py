@@ -147,7 +147,7 @@ class ShardParams:
         n_perm: permutations per tested pair (0: none).
         perm_top: permutation-test each unit's top concepts by AUC.
         perm_max_pairs_shard: cap on permutation-tested pairs per shard (the run's cap spread over shards).
-        seed: permutation seed (plus the shard's first unit).
+        seed: permutation seed, the same for every shard: a pair's p_perm does not depend on the sharding.
         threads: ranking threads per task.
         compositional: keyword arguments of `compositional_search_units`; None when turned off.
     """
@@ -296,11 +296,14 @@ def score_shard(
     params: ShardParams,
     clip: dict | None = None,
     layout=None,
+    draws=None,
 ) -> dict:
     """Score one shard of a layer's units against every concept (runs as a Ray task).
 
     ``layout`` is ``labels`` laid out for the AUPRC kernel (`neuronscan.stats.prepare_labels`), built
-    once by the driver; without it the task builds its own. The result's ``timings`` holds the task's
+    once by the driver; without it the task builds its own. ``draws`` are the run's permutations
+    (`neuronscan.stats.permutation_draws`, drawn once by the driver); without them the task draws the
+    same rows itself. The result's ``timings`` holds the task's
     seconds per phase (`SHARD_PHASES`) and in all (``task``).
     """
     from neuronscan.stats import (
@@ -342,14 +345,14 @@ def score_shard(
         unit_idx, concept_idx = _permutation_pairs(res["auc"], res["p_value"], params)
         if len(unit_idx):
             p_perm, _ = permutation_pvalues(ranks.ranks, labels, unit_idx, concept_idx, n_perm=params.n_perm,
-                                            seed=params.seed + first_unit)
+                                            seed=params.seed, draws=draws)
             out["p_perm"][unit_idx, concept_idx] = p_perm
             out["n_perm_tested"] = int(len(unit_idx))
         timings["permutation"] = clock() - t
     if comp is not None and len(concepts):
         t = clock()
         formulas, n_eval = compositional_search_units(
-            ranks.ranks, labels, concepts, tie_term=ranks.tie_term, return_counts=True, **comp
+            ranks, labels, concepts, return_counts=True, concept_rank_sums=_rank_sums(res, len(ids)), **comp
         )
         out["formula"] = [f.text if f is not None else None for f in formulas]
         out["formula_auc"] = np.array([f.auc if f is not None else np.nan for f in formulas])
@@ -365,6 +368,19 @@ def score_shard(
     timings["other"] = max(0.0, timings["task"] - sum(timings[k] for k in SHARD_PHASES if k != "other"))
     out["timings"] = timings
     return out
+
+
+def _rank_sums(res: dict, n_images: int) -> np.ndarray:
+    """``(n_units, n_concepts)`` rank sums of the concepts' positives, from `score_block`'s exact U statistics
+    (``R = U + n (n + 1) / 2``, half-integers, exact in float64); a concept with no positive sums to 0, one
+    with no negative to ``N (N + 1) / 2``."""
+    n_pos = res["n_pos"].astype(np.float64)
+    sums = res["u"] + n_pos * (n_pos + 1) / 2
+    undefined = ~np.isfinite(sums)
+    if undefined.any():
+        full = np.broadcast_to(np.where(n_pos >= n_images, n_images * (n_images + 1) / 2, 0.0), sums.shape)
+        sums = np.where(undefined, full, sums)
+    return sums
 
 
 def _permutation_pairs(auc: np.ndarray, p_value: np.ndarray, params: ShardParams) -> tuple[np.ndarray, np.ndarray]:
@@ -464,6 +480,39 @@ def _discover(activations_dir: str, labels: pd.DataFrame, hierarchy, committed: 
     return _Layers(parts, layer_ids, mats, layouts, concepts, counts)
 
 
+_SHARED_DRAWS_MAX_BYTES = 256 << 20
+"""Largest permutation index matrix the driver draws once for all shards (4 bytes × n_perm × the longest
+draw: 95 MiB at 50,000 images and 1,000 permutations when some concept holds half the images). Above it,
+each shard draws the same rows itself."""
+
+
+def _permutation_draws(found: _Layers, params: ShardParams) -> dict[int, object]:
+    """The run's permutations, drawn once per label matrix (keyed by ``id`` of the `LabelMatrix`), while an
+    embedded Ray starts in the background: every shard then uses them instead of drawing its own.
+
+    Without permutation tests, or when the matrix would exceed `_SHARED_DRAWS_MAX_BYTES`, none: the
+    shards draw the same rows themselves (same p-values, more time).
+    """
+    from neuronscan.stats import permutation_draws
+
+    out: dict[int, object] = {}
+    if params.n_perm <= 0:
+        return out
+    for lp in found.parts:
+        mat = found.labels[lp.layer]
+        if id(mat) in out:
+            continue
+        n_images = len(found.image_ids[lp.layer])
+        n_pos = np.diff(mat.matrix.indptr)  # CSC: positives per concept
+        scored = n_pos[(n_pos > 0) & (n_pos < n_images)]
+        longest = int(np.minimum(scored, n_images - scored).max()) if scored.size else 0
+        if longest == 0 or 4 * params.n_perm * longest > _SHARED_DRAWS_MAX_BYTES:
+            out[id(mat)] = None
+            continue
+        out[id(mat)] = permutation_draws(n_images, params.n_perm, seed=params.seed, length=longest)
+    return out
+
+
 def _progress(say, total: int):
     """A callback for the shard loop: print ``score: i/total shards`` at most every 5 s, and at the end."""
     state = {"last": time.perf_counter()}
@@ -521,7 +570,7 @@ def _shards(found: _Layers, shard: int) -> list[_Shard]:
 
 
 def _score_shards(found: _Layers, shards: list[_Shard], params: ShardParams, score_cfg, clip_obj: dict | None,
-                  timings: _Timings, say) -> list[tuple[_Shard, dict]]:
+                  timings: _Timings, say, draws: dict[int, object]) -> list[tuple[_Shard, dict]]:
     """Every shard's result: as Ray tasks (`_dispatch`), or scored here when the inputs are too small to be
     worth starting an embedded Ray for (its requested start was not begun, `_begin_ray_unless_small`).
 
@@ -534,21 +583,21 @@ def _score_shards(found: _Layers, shards: list[_Shard], params: ShardParams, sco
         done: list[tuple[_Shard, dict]] = []
         with timings.phase("shards_in_driver"):
             for s in shards:
-                result = score_shard(s.files, s.columns, s.first_unit, found.image_ids[s.layer],
-                                     found.labels[s.layer].matrix, found.concepts, params, clip_obj,
-                                     found.layouts[s.layer])
+                mat = found.labels[s.layer]
+                result = score_shard(s.files, s.columns, s.first_unit, found.image_ids[s.layer], mat.matrix,
+                                     found.concepts, params, clip_obj, found.layouts[s.layer], draws.get(id(mat)))
                 timings.add_shard(result.pop("timings", {}))
                 done.append((s, result))
                 progress(len(done))
         timings.extra["shards_in_driver"] = len(done)
         return done
     _wait_for_ray(timings)
-    return _dispatch(found, shards, params, score_cfg, clip_obj, timings, progress)
+    return _dispatch(found, shards, params, score_cfg, clip_obj, timings, progress, draws)
 
 
 def _dispatch(found: _Layers, shards: list[_Shard], params: ShardParams, score_cfg, clip_obj: dict | None,
-              timings: _Timings, progress, already: int = 0) -> list[tuple[_Shard, dict]]:
-    """Run one Ray task per shard of units; return each shard's result (``already``: shards done before)."""
+              timings: _Timings, progress, draws: dict[int, object]) -> list[tuple[_Shard, dict]]:
+    """Run one Ray task per shard of units; return each shard's result."""
     import ray
 
     unit_cap = score_cfg.units_per_shard
@@ -562,10 +611,10 @@ def _dispatch(found: _Layers, shards: list[_Shard], params: ShardParams, score_c
             mat = found.labels[s.layer]
             if id(mat) not in put_cache:
                 put_cache[id(mat)] = (ray.put(mat.matrix), ray.put(found.image_ids[s.layer]),
-                                      ray.put(found.layouts[s.layer]))
-            lab_ref, ids_ref, layout_ref = put_cache[id(mat)]
+                                      ray.put(found.layouts[s.layer]), ray.put(draws.get(id(mat))))
+            lab_ref, ids_ref, layout_ref, draws_ref = put_cache[id(mat)]
             futures.append((s, task.remote(s.files, s.columns, s.first_unit, ids_ref, lab_ref, found.concepts, params,
-                                           clip_ref, layout_ref)))
+                                           clip_ref, layout_ref, draws_ref)))
     results: list[tuple[_Shard, dict]] = []
     pending = {ref: s for s, ref in futures}
     with timings.phase("shards"):
@@ -581,7 +630,7 @@ def _dispatch(found: _Layers, shards: list[_Shard], params: ShardParams, score_c
                     raise _task_failure(exc, s.what, unit_cap) from None
                 timings.add_shard(result.pop("timings", {}))
                 results.append((s, result))
-            progress(already + len(results))
+            progress(len(results))
     return results
 
 
@@ -812,7 +861,9 @@ def run_score(
     n_images = len(found.image_ids[found.parts[0].layer])
     say(f"score: {found.total_units:,} units × {len(concepts):,} concepts over {n_images:,} images "
         f"in {len(shards)} shard(s) of ≤ {score_cfg.units_per_shard} units")
-    scored = _score_shards(found, shards, params, score_cfg, clip_obj, timings, say)
+    with timings.phase("perm_draws"):
+        draws = _permutation_draws(found, params)
+    scored = _score_shards(found, shards, params, score_cfg, clip_obj, timings, say, draws)
     results: dict[str, list[dict]] = {lp.layer: [] for lp in found.parts}
     for s, result in scored:
         results[s.layer].append(result)

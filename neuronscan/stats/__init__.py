@@ -13,7 +13,7 @@ from ._auprc import ConceptLayout, average_precision, prepare_labels
 from ._compositional import Formula, compositional_search, compositional_search_units
 from ._fdr import bh_qvalues
 from ._mannwhitney import mannwhitney_pvalues
-from ._permutation import permutation_pvalues
+from ._permutation import PermutationDraws, permutation_draws, permutation_pvalues
 from ._ranking import UnitRanks, rank_units
 from ._score import score_block
 from ._significance import aligned_mask, best_concepts, multimodal_units, significant_mask, summarize_units
@@ -32,6 +32,8 @@ __all__ = [
     "average_precision",
     "bh_qvalues",
     "mannwhitney_pvalues",
+    "PermutationDraws",
+    "permutation_draws",
     "permutation_pvalues",
     "prepare_labels",
     "rank_sums",

@@ -83,6 +83,7 @@ from ._formula import (
     _to_formula,
     _UnitAtoms,
 )
+from ._ranking import UnitRanks
 
 __all__ = [
     "DEFAULT_MAX_FRACTION",
@@ -206,6 +207,7 @@ def compositional_search_units(
     block_size: int = 256,
     return_counts: bool = False,
     search: str = "exact",
+    concept_rank_sums: Any = None,
 ) -> list[Formula | None] | tuple[list[Formula | None], np.ndarray]:
     """Best compositional formula of every unit (see :func:`compositional_search`).
 
@@ -214,7 +216,10 @@ def compositional_search_units(
     release the GIL).
 
     Args:
-        ranks: ``(n_images, n_units)`` average ranks, one column per unit.
+        ranks: ``(n_images, n_units)`` average ranks, one column per unit, or the
+            :class:`UnitRanks` of :func:`rank_units` / ``score_block(return_ranks=True)`` (their
+            ranks are average ranks by construction and are not checked again; their ``tie_term``
+            is used unless one is given).
         labels, concept_names, max_length, beam_size, n_candidates, min_fraction, max_fraction,
             search: as for :func:`compositional_search` (``beam_size`` is the beam of
             ``search="beam"`` and ignored by ``"exact"``; one formula per unit is returned, the
@@ -223,6 +228,9 @@ def compositional_search_units(
         n_threads: worker threads.
         block_size: units per block.
         return_counts: also return ``n_formulas_evaluated`` per unit.
+        concept_rank_sums: ``(n_units, n_concepts)`` rank sums of every concept's positives,
+            when the caller has them (``score_block``'s ``u + n_pos (n_pos + 1) / 2``); default:
+            one sparse-dense product per block. Exact values give the same formulas.
 
     Returns:
         ``formulas``: one ``Formula`` per unit (the optimum with ``search="exact"``, the head of
@@ -249,28 +257,39 @@ def compositional_search_units(
     params = _check_params(
         max_length, beam_size, n_candidates, min_fraction, max_fraction, search
     )
-    r2 = _as_ranks(ranks, 2)
+    trusted = isinstance(ranks, UnitRanks)
+    if trusted and tie_term is None:
+        tie_term = ranks.tie_term
+    r2 = _as_ranks(ranks.ranks if trusted else ranks, 2)
     lab = _LabelIndex.build(labels, concept_names)
     _check_rows(r2.shape[0], lab)
     n_units = r2.shape[1]
     ties = _check_tie_term(tie_term, n_units)
+    if concept_rank_sums is not None:
+        concept_rank_sums = np.asarray(concept_rank_sums, dtype=np.float64)
+        if concept_rank_sums.shape != (n_units, lab.n_concepts):
+            raise ValueError(f"concept_rank_sums must have shape ({n_units}, {lab.n_concepts}); "
+                             f"got shape {concept_rank_sums.shape}")
     for name, value in (("n_threads", n_threads), ("block_size", block_size)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive integer; got {value!r}")
     starts = list(range(0, n_units, int(block_size)))
-    for s in starts:
+    for s in starts if not trusted else ():
         _check_average_ranks(r2[:, s : s + block_size], first_unit=s)
     bounds = _support_interval(lab.n_images, params)
 
     def run_block(start: int) -> list[tuple[Formula | None, int]]:
-        block = np.ascontiguousarray(r2[:, start : start + block_size])
-        concept_rank_sums = np.asarray(lab.csr_t @ block)  # (n_concepts, k)
+        stop = min(start + block_size, n_units)
+        if concept_rank_sums is None:
+            sums = np.asarray(lab.csr_t @ np.ascontiguousarray(r2[:, start:stop]))  # (n_concepts, k)
+        else:
+            sums = concept_rank_sums[start:stop].T
         out = []
-        for k in range(block.shape[1]):
+        for k in range(stop - start):
             # The unit's ranks: a column of ``block``, read from ``r2`` where it is contiguous when the
             # ranks are unit-major (`UnitRanks.ranks`), which saves a strided copy per unit.
             r = np.ascontiguousarray(r2[:, start + k])
-            unit = _UnitAtoms(lab, params, r, concept_rank_sums[:, k])
+            unit = _UnitAtoms(lab, params, r, np.ascontiguousarray(sums[:, k]))
             nodes, n_evaluated = _run_unit(unit, bounds, 1)
             if nodes:
                 if ties is None:

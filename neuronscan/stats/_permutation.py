@@ -18,20 +18,71 @@ concept's positives, not on which other pairs were asked for. A concept with ``n
 its complement (``N - n`` indices) instead: the positives' rank sum is the total minus theirs.
 The p-values of different concepts of one unit are therefore dependent (same permutations), each
 one exactly valid on its own.
+
+The rows can be drawn once (:func:`permutation_draws`) and given to every call (``draws=``): a run
+scored in shards then draws its B permutations once instead of once per shard, and gets the same
+p-values as one call over all its pairs.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from ._ranking import UnitRanks
 from ._validate import as_labels, fmt_shape
 
-__all__ = ["permutation_pvalues"]
+__all__ = ["PermutationDraws", "permutation_draws", "permutation_pvalues"]
 
 # Permutations drawn per chunk: bounds the (chunk, largest draw) index and prefix-sum matrices.
 # Memory otherwise: the doubled ranks of the units that have pairs, 4 bytes x N per unit.
 _PERM_CHUNK = 64
+
+
+@dataclass(frozen=True)
+class PermutationDraws:
+    """Permutations drawn once (`permutation_draws`): ``index[b]`` is the prefix of the ``b``-th
+    ``rng.permutation(n_images)`` of ``numpy.random.default_rng(seed)``."""
+
+    index: np.ndarray
+    n_images: int
+    seed: int
+
+
+def permutation_draws(n_images: int, n_perm: int, *, seed: int = 0, length: int | None = None) -> PermutationDraws:
+    """The permutations `permutation_pvalues` draws, drawn once to be shared by many calls.
+
+    Row ``b`` is the first ``length`` indices of the ``b``-th ``rng.permutation(n_images)`` of
+    ``numpy.random.default_rng(seed)``: exactly the rows `permutation_pvalues` draws itself.
+
+    Args:
+        n_images: N, the images permuted.
+        n_perm: B, the rows.
+        seed: the generator's seed.
+        length: indices kept per row (default ``n_images``); a call needs at least its largest draw,
+            ``min(n, N - n)`` over its concepts' positive counts ``n``, i.e. at most ``N // 2``.
+
+    Returns:
+        `PermutationDraws` whose ``index`` is ``(n_perm, length)`` int32 in ``0..n_images - 1``
+        (``4 * n_perm * length`` bytes).
+
+    Example:
+        >>> d = permutation_draws(10, 3, seed=1, length=5)
+        >>> d.index.shape, bool((np.diff(np.sort(d.index, axis=1), axis=1) > 0).all())
+        ((3, 5), True)
+    """
+    n_images, n_perm = int(n_images), int(n_perm)
+    if n_images < 1 or n_perm < 1:
+        raise ValueError(f"n_images and n_perm must be >= 1; got {n_images} and {n_perm}")
+    length = n_images if length is None else int(length)
+    if not 0 <= length <= n_images:
+        raise ValueError(f"length must lie in 0..{n_images:,}; got {length:,}")
+    rng = np.random.default_rng(seed)
+    out = np.empty((n_perm, length), dtype=np.int32)
+    for b in range(n_perm):
+        out[b] = rng.permutation(n_images)[:length]
+    return PermutationDraws(out, n_images, int(seed))
 
 
 def permutation_pvalues(
@@ -42,6 +93,7 @@ def permutation_pvalues(
     *,
     n_perm: int = 1000,
     seed: int = 0,
+    draws: PermutationDraws | None = None,
 ) -> tuple[np.ndarray, int]:
     """One-sided permutation p-values for the given (unit, concept) pairs.
 
@@ -53,13 +105,17 @@ def permutation_pvalues(
         concept_index: ``(n_pairs,)`` integer concept of each pair.
         n_perm: number of permutations B (>= 1).
         seed: seed of the ``numpy.random.default_rng`` that draws the permutations.
+        draws: the permutations drawn beforehand, ``permutation_draws(n_images, n_perm, seed=seed,
+            length=...)``: same N and seed, at least ``n_perm`` rows and as many columns as the largest
+            draw of the given pairs. Same p-values as without it.
 
     Returns:
         ``(p_perm, n_perm)``: ``(n_pairs,)`` float64 p-values in ``[1 / (B + 1), 1]`` (NaN for a
         concept with no positive or no negative image) and B.
 
     Raises:
-        ValueError: shapes disagree, indices out of range, or ``n_perm < 1``.
+        ValueError: shapes disagree, indices out of range, ``n_perm < 1``, or ``draws`` were drawn
+            for another N or seed or are too small.
 
     Example:
         >>> r = rank_units(np.arange(10.0)[:, None])
@@ -104,16 +160,28 @@ def permutation_pvalues(
     observed = _observed_rank_sums(r2, pair_unit, y.indices, indptr[concepts[pairs]], n_pos[pairs])
 
     pair_draw = draw[pairs]
+    longest = int(pair_draw.max())
+    if draws is not None:
+        if draws.n_images != n_images or draws.seed != int(seed):
+            raise ValueError(f"draws were drawn for N = {draws.n_images:,}, seed {draws.seed}; these pairs "
+                             f"need N = {n_images:,}, seed {int(seed)}")
+        if draws.index.shape[0] < n_perm or draws.index.shape[1] < longest:
+            raise ValueError(
+                f"draws must hold at least {n_perm:,} rows of {longest:,} indices (the largest draw of "
+                f"these pairs); got shape {fmt_shape(draws.index.shape)}"
+            )
     pair_complement = complement[pairs]
     exceed = np.zeros(pairs.size, dtype=np.int64)
     order = np.argsort(pair_unit, kind="stable")
     bounds = np.searchsorted(pair_unit[order], np.arange(unique_units.size + 1))
     by_unit = [order[bounds[u] : bounds[u + 1]] for u in range(unique_units.size)]
-    rng = np.random.default_rng(seed)
-    longest = int(pair_draw.max())
+    rng = np.random.default_rng(seed) if draws is None else None
     for first in range(0, n_perm, _PERM_CHUNK):
         n_rows = min(_PERM_CHUNK, n_perm - first)
-        index = np.stack([rng.permutation(n_images)[:longest] for _ in range(n_rows)])
+        if rng is None:
+            index = draws.index[first : first + n_rows]
+        else:
+            index = np.stack([rng.permutation(n_images)[:longest] for _ in range(n_rows)])
         for u, members in enumerate(by_unit):
             width = int(pair_draw[members].max())
             drawn = np.take(r2[u], index[:, :width], mode="clip")

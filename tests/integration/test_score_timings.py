@@ -166,6 +166,54 @@ def test_shards_scored_in_the_driver_equal_ray_tasks(ray_local, data, tmp_path, 
     _assert_bit_identical(_tables(in_driver), _tables(ray_only))
 
 
+def test_permutation_pvalues_do_not_depend_on_the_sharding(ray_local, data, tmp_path, monkeypatch):
+    """The run's permutations are drawn once and shared: a pair's p_perm is that of one call over the whole
+    layer, whatever units_per_shard; shards that draw the rows themselves (over the memory cap) agree."""
+    import pipelines.score as pscore
+    from neuronscan.concepts import build_label_matrix
+    from neuronscan.io import read_parquet
+    from neuronscan.stats import permutation_pvalues, rank_units
+
+    _, run, labels = data
+    tables = {}
+    for shard in (SHARD, N_UNITS):
+        out = tmp_path / f"shard{shard}"
+        summary = run_score(activations_dir=run.activations_dir, labels=labels, out_dir=str(out),
+                            score_cfg=_score_cfg(units_per_shard=shard).score, quiet=True)
+        assert "perm_draws" in summary.timings["phases_s"]
+        tables[shard] = _tables(out)
+    _assert_bit_identical(tables[SHARD], tables[N_UNITS])
+    monkeypatch.setattr(pscore, "_SHARED_DRAWS_MAX_BYTES", 0)
+    out = tmp_path / "own-draws"
+    run_score(activations_dir=run.activations_dir, labels=labels, out_dir=str(out),
+              score_cfg=_score_cfg().score, quiet=True)
+    _assert_bit_identical(_tables(out), tables[SHARD])
+
+    # The oracle: one call over the layer's units with the run's seed.
+    pairs = tables[SHARD]["neuron_concepts"].to_pandas()
+    pairs = pairs[(pairs["layer"] == "layer3:mean") & (pairs["n_perm"] > 0)]
+    parts = sorted(Path(run.activation_part("layer3:mean", "00000")).parent.glob("*.parquet"))
+    acts = pd.concat([read_parquet(str(f)).to_pandas() for f in parts]).sort_values("image_id")
+    mat = build_label_matrix(labels, acts["image_id"].to_numpy())
+    units = pairs["unit"].to_numpy()
+    concepts = np.array([mat.concepts.index(c) for c in pairs["concept"]])
+    values = acts[[f"u{k:05d}" for k in range(6)]].to_numpy(np.float64)
+    ranks = rank_units(values)
+    expected, _ = permutation_pvalues(ranks, mat.matrix, units, concepts, n_perm=50, seed=0)
+    assert len(pairs) >= 6
+    np.testing.assert_array_equal(pairs["p_perm"].to_numpy(), expected)
+    # The formulas the shards found from their own ranks and U statistics: those of plain average ranks.
+    from scipy.stats import rankdata
+
+    from neuronscan.stats import compositional_search_units
+
+    neurons = tables[SHARD]["neurons"].to_pandas()
+    neurons = neurons[neurons["layer"] == "layer3:mean"].sort_values("unit")
+    plain = compositional_search_units(rankdata(values, axis=0), mat.matrix, mat.concepts, max_length=2)
+    assert [f.text if f else None for f in plain] == neurons["formula"].tolist()
+    assert sum(f is not None for f in plain) >= 4
+
+
 def test_a_rescore_records_its_phases_in_run_json(ray_local, data, tmp_path):
     from pipelines import score_run
 

@@ -502,6 +502,32 @@ def test_no_formula_in_bounds_gives_empty_result(search):
 
 
 @pytest.mark.parametrize("search", ["exact", "beam"])
+def test_unit_ranks_and_score_block_rank_sums_give_the_same_formulas(search):
+    """What the score stage passes (its UnitRanks, unchecked, and rank sums from its U statistics) gives the
+    formulas of plain average ranks; the rank sums must have the documented shape."""
+    from neuronscan.stats import score_block
+
+    rng = np.random.default_rng(4)
+    labels = rng.random((300, 8)) < rng.uniform(0.05, 0.6, 8)
+    labels[:, 7] = False  # a concept with no positive: U is NaN, its rank sum 0
+    acts = np.round(np.maximum(labels @ rng.normal(size=(8, 6)) + rng.normal(size=(300, 6)), 0), 1)
+    acts[:, 5] = 0.0  # a dead unit
+    names = [f"c{j}" for j in range(8)]
+    kw = dict(min_fraction=0.01, search=search, block_size=4)
+    plain, n_plain = compositional_search_units(rankdata(acts, axis=0), labels, names, return_counts=True, **kw)
+    with pytest.warns(UserWarning):
+        res = score_block(acts, sp.csc_matrix(labels), return_ranks=True)
+    n_pos = res["n_pos"].astype(float)
+    sums = np.nan_to_num(res["u"] + n_pos * (n_pos + 1) / 2, nan=0.0)
+    np.testing.assert_array_equal(sums, (rankdata(acts, axis=0).T @ labels))
+    fast, n_fast = compositional_search_units(res["ranks"], labels, names, return_counts=True,
+                                              concept_rank_sums=sums, **kw)
+    assert fast == plain and n_fast.tolist() == n_plain.tolist()
+    with pytest.raises(ValueError, match=r"concept_rank_sums must have shape \(6, 8\)"):
+        compositional_search_units(res["ranks"], labels, names, concept_rank_sums=sums.T, **kw)
+
+
+@pytest.mark.parametrize("search", ["exact", "beam"])
 def test_units_equal_single_unit_search(search):
     rng = np.random.default_rng(1)
     labels = rng.random((250, 9)) < 0.25

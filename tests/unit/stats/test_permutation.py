@@ -7,7 +7,7 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-from neuronscan.stats import permutation_pvalues, rank_units
+from neuronscan.stats import permutation_draws, permutation_pvalues, rank_units
 from neuronscan.stats._permutation import _PERM_CHUNK
 
 from ._data import tied_activations
@@ -126,3 +126,36 @@ def test_bad_input_raises(units, concepts, kwargs, fragment):
     a, y = setup()
     with pytest.raises(ValueError, match=fragment):
         permutation_pvalues(rank_units(a), y, units, concepts, **kwargs)
+
+
+def test_draws_drawn_once_give_the_same_pvalues_as_drawing_in_the_call():
+    a, y = setup(4)
+    r = rank_units(a)
+    units, concepts = np.array([0, 1, 2, 3, 1, 2]), np.array([0, 0, 2, 1, 1, 2])
+    n_images = a.shape[0]
+    longest = int(max(min(n, n_images - n) for n in y.sum(0)))
+    for n_perm in (1, _PERM_CHUNK + 7):
+        drawn = permutation_pvalues(r, y, units, concepts, n_perm=n_perm, seed=9)[0]
+        for length in (longest, n_images):
+            draws = permutation_draws(n_images, n_perm, seed=9, length=length)
+            assert draws.index.dtype == np.int32 and draws.index.shape == (n_perm, length)
+            shared = permutation_pvalues(r, y, units, concepts, n_perm=n_perm, seed=9, draws=draws)[0]
+            np.testing.assert_array_equal(shared, drawn)
+    # Each row is a draw without replacement.
+    d = permutation_draws(n_images, 5, seed=0).index
+    assert all(np.array_equal(np.sort(row), np.arange(n_images)) for row in d)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"n_images": 119, "seed": 9, "length": 60}, "drawn for N = 119"),
+        ({"n_images": 120, "seed": 8, "length": 60}, "seed 8"),
+        ({"n_images": 120, "seed": 9, "length": 20}, "rows of 40 indices"),
+    ],
+)
+def test_draws_for_another_n_seed_or_too_short_are_refused(kwargs, message):
+    a, y = setup(4)
+    draws = permutation_draws(n_perm=10, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        permutation_pvalues(rank_units(a), y, np.array([0, 2]), np.array([1, 2]), n_perm=10, seed=9, draws=draws)
