@@ -180,6 +180,10 @@ def _run_stages(cfg: RunConfig, run: RunDir, plan, stages, *, report: bool, quie
     summary = None
     if "score" in stages:
         summary = score_run(cfg, run, quiet=quiet)
+        if cfg.hierarchy.enabled:
+            from pipelines.hierarchy import hierarchy_run
+
+            hierarchy_run(cfg, run, quiet=quiet, address=cfg.ray.address)
     if report and "score" in stages:
         report_run(run)
     final = run.update_info({"status": "complete", "finished": _now(), "error": None})

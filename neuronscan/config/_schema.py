@@ -33,6 +33,7 @@ __all__ = [
     "CompositionalSection",
     "RaySection",
     "DiffSection",
+    "HierarchySection",
 ]
 
 
@@ -275,6 +276,61 @@ class DiffSection(_Section):
     fail_on_spurious: Bool = True
 
 
+class HierarchySection(_Section):
+    """The hierarchy stage: collaborative units per concept at every level, and multimodal units per level.
+
+    ``neuronscan hierarchy RUN`` runs it on a scored run; with ``enabled``, ``neuronscan run`` runs it after
+    the score stage. See docs/algorithms.md ("Collaborative units").
+    """
+
+    enabled: Bool = Field(False, description="Run the stage after score in `neuronscan run`.")
+    layers: list[str] | None = Field(
+        None, description="Layers (with their statistic, e.g. conv4:mean) or globs; default: every probed layer."
+    )
+    min_positives: Int = Field(
+        20, ge=4, description="Concepts with fewer positives (or negatives) among the probed images get no probe."
+    )
+    max_positives: Int = Field(2000, ge=4, description="Positives drawn per concept (at random, by seed).")
+    max_negatives: Int = Field(2000, ge=4, description="Negatives drawn per concept (at random, by seed).")
+    holdout: Float = Field(
+        0.3, gt=0, lt=1, description="Fraction of the drawn positives and of the negatives held out (stratified)."
+    )
+    n_candidates: Int = Field(
+        32, ge=1, le=512, description="Units tried per concept: the top n by AUC on the training rows."
+    )
+    max_units: Int = Field(8, ge=1, le=64, description="Largest collaborative set.")
+    target_auc: Float = Field(
+        0.95, gt=0.5, le=1,
+        description="Stop adding units once the held-out AUC reaches min(target_auc, 0.5 + target_fraction "
+        "* (AUC of the probe on all candidates - 0.5)).",
+    )
+    target_fraction: Float = Field(0.95, gt=0, le=1, description="See target_auc.")
+    l2: Float = Field(0.01, gt=0, description="L2 penalty of the probe (standardised units, class weights sum 1).")
+    seed: Int = Field(0, description="Seeds each concept's draw and split (with the concept's name).")
+    cpus_per_task: Float = Field(0.5, gt=0, description="CPUs per Ray task.")
+    concepts_per_task: Int = Field(16, ge=1, description="Concepts of one layer per Ray task.")
+    multimodal_lca_depth: Int = Field(
+        0, ge=-1,
+        description="A unit is multimodal when aligned with two concepts (neither an ancestor of the other) whose "
+        "lowest common ancestor has depth <= this: 0 = they meet only at a root or nowhere; -1 = nowhere "
+        "(the score stage's flag).",
+    )
+    multimodal_max_pairs: Int = Field(
+        20, ge=1, description="Pairs recorded per multimodal unit (those with the highest AUCs); all are counted."
+    )
+
+    @model_validator(mode="after")
+    def _sizes(self) -> HierarchySection:
+        if self.max_units > self.n_candidates:
+            raise ValueError(f"max_units ({self.max_units}) is above n_candidates ({self.n_candidates})")
+        if self.min_positives > min(self.max_positives, self.max_negatives):
+            raise ValueError(
+                f"min_positives ({self.min_positives}) is above max_positives/max_negatives "
+                f"({self.max_positives}/{self.max_negatives})"
+            )
+        return self
+
+
 class RaySection(_Section):
     address: str | None = Field(None, description="Ray cluster address; default: RAY_ADDRESS or a local Ray.")
     num_cpus: Int | None = Field(None, ge=1, description="CPUs of the local Ray; default: the machine's.")
@@ -290,4 +346,5 @@ class RunConfig(_Section):
     probe: ProbeSection = Field(default_factory=ProbeSection)
     score: ScoreSection = Field(default_factory=ScoreSection)
     diff: DiffSection = Field(default_factory=DiffSection)
+    hierarchy: HierarchySection = Field(default_factory=HierarchySection)
     ray: RaySection = Field(default_factory=RaySection)

@@ -1,0 +1,80 @@
+"""The hierarchy stage on a tiny run without Ray (small inputs are done in the driver), its config and help."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from neuronscan.config import config_from_dict
+from neuronscan.errors import ConfigError
+from neuronscan.io import RunDir
+from tests.unit.hierarchy._planted import PARENT_UNIT, planted, write_run
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    from pipelines import init_ray, score_run
+    from pipelines._ray import release_ray
+
+    leaf, x, _ = planted(n_images=400, n_units=10, seed=4)
+    x[:7, 9] = np.nan  # non-finite activations rank lowest, as in the score stage
+    x[7, 8] = np.inf
+    root = write_run(tmp_path_factory.mktemp("stage") / "run", layers={"only": x}, leaf=leaf)
+    run = RunDir(str(root))
+    cfg = config_from_dict(run.read_info()["config"], "run.json")
+    init_ray(background=True)  # requested, never begun: inputs this small are scored in the driver
+    score_run(cfg, run, quiet=True)
+    release_ray()
+    return run, cfg
+
+
+def test_small_runs_need_no_ray(scored):
+    from pipelines import hierarchy as stage
+
+    run, cfg = scored
+    summary = stage.hierarchy_run(cfg, run, quiet=True)
+    ray = sys.modules.get("ray")
+    assert ray is None or not ray.is_initialized()
+    assert summary.timings["in_driver"] is True
+    assert summary.counts["nonfinite_values"] == 8
+    cu = pd.read_parquet(run.path("concept_units.parquet"))
+    assert cu[cu.concept == "P2"].unit.tolist() == [PARENT_UNIT]
+
+
+def test_layers_select_by_glob_and_an_unknown_layer_is_refused(scored):
+    from neuronscan.errors import InputError
+    from pipelines import hierarchy as stage
+
+    run, cfg = scored
+    cfg = cfg.model_copy(update={"hierarchy": cfg.hierarchy.model_copy(update={"layers": ["nope*"]})})
+    with pytest.raises(InputError, match="match none of the run's layers"):
+        stage.hierarchy_run(cfg, run, quiet=True)
+
+
+def _cfg(**hierarchy):
+    return {"data": {"folder": "."}, "model": {"name": "m", "layers": ["x"]}, "hierarchy": hierarchy}
+
+
+def test_the_section_is_off_by_default_and_checked():
+    assert config_from_dict(_cfg(), "t").hierarchy.enabled is False
+    with pytest.raises(ConfigError, match="max_units"):
+        config_from_dict(_cfg(max_units=10, n_candidates=4), "t")
+    with pytest.raises(ConfigError, match="hierarchy.holdout"):
+        config_from_dict(_cfg(holdout=1.0), "t")
+    with pytest.raises(ConfigError, match="hierarchy.multimodal_lca_depth"):
+        config_from_dict(_cfg(multimodal_lca_depth=-2), "t")
+    with pytest.raises(ConfigError, match="did you mean 'target_auc'"):
+        config_from_dict(_cfg(targt_auc=0.9), "t")
+
+
+def test_the_command_has_help_with_an_example(capsys):
+    from neuronscan.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["hierarchy", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "neuronscan hierarchy runs/" in out
