@@ -13,10 +13,12 @@ from ._auprc import ConceptLayout, average_precision, prepare_labels
 from ._compositional import Formula, compositional_search, compositional_search_units
 from ._fdr import bh_qvalues
 from ._mannwhitney import mannwhitney_pvalues
+from ._metrics import METRIC_KEYS, label_metrics
 from ._permutation import PermutationDraws, permutation_draws, permutation_pvalues
 from ._ranking import UnitRanks, rank_units
 from ._score import score_block
 from ._significance import aligned_mask, best_concepts, multimodal_units, significant_mask, summarize_units
+from ._simulation import holdout_mask, simulation_scores
 from ._wpmi import soft_wpmi, soft_wpmi_log_conditional, top_mean_cosine
 
 __all__ = [
@@ -32,13 +34,17 @@ __all__ = [
     "average_precision",
     "bh_qvalues",
     "mannwhitney_pvalues",
+    "METRIC_KEYS",
     "PermutationDraws",
+    "holdout_mask",
+    "label_metrics",
     "permutation_draws",
     "permutation_pvalues",
     "prepare_labels",
     "rank_sums",
     "rank_units",
     "score_block",
+    "simulation_scores",
     "aligned_mask",
     "best_concepts",
     "multimodal_units",

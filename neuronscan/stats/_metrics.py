@@ -1,0 +1,146 @@
+"""Explanation-quality metrics of every (unit, concept) pair beyond AUC and AUPRC.
+
+NeuronEval (Oikarinen et al., ICML 2025) found that of the common neuron-explanation metrics only
+correlation, cosine similarity, AUPRC, F1 and IoU pass both of its sanity checks (an explanation
+missing part of the concept's images, or adding unrelated ones, must score worse); neuronscan
+computes these for every pair, and `neuronscan sanity` (:mod:`._sanity`) measures the checks here.
+
+For unit values ``x`` over N images and a concept's 0/1 labels ``y`` with ``n`` positives:
+
+* **top set** ``T``: the images with ``x >= t`` where ``t`` is the unit's ``k``-th largest value,
+  ``k = ceil(top_quantile * N)`` (NetDissect's top quantile; NeuronEval's ``_binarize_act``). Ties
+  at ``t`` are all in ``T``, so ``|T| >= k`` (a unit that is exactly a concept rarer than the top
+  quantile has ``t = 0`` and every image in ``T``; a top quantile at most the concept's frequency avoids it);
+* **F1** ``= 2 |T ∩ C| / (|T| + n)`` and **IoU** ``= |T ∩ C| / (|T| + n - |T ∩ C|)``;
+* **correlation**: Pearson's r between ``x`` and ``y`` (the point-biserial correlation),
+  ``r = (sum_C (x - mean x) / N) / sqrt(var x * p (1 - p))`` with ``p = n / N`` and population
+  variances; NaN for a constant unit;
+* **cosine** ``= sum_C x / (||x|| sqrt(n))``; NaN for an all-zero unit.
+
+Every metric is NaN for a concept with no positive or no negative image (as AUC is). Non-finite
+activations follow the ranking's order (NaN and ``-inf`` lowest, ``+inf`` highest): before these
+metrics they are replaced by the unit's lowest finite value (NaN, ``-inf``) or its highest
+(``+inf``); a unit with no finite value is constant.
+
+Cost per block of K units: one sparse-dense product ``labels.T @ x`` (``nnz * K``), a partition per
+unit for ``t``, and a gather of the top images' label rows (``|T| * labels per image``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._validate import as_activations, fmt_shape
+
+__all__ = ["METRIC_KEYS", "label_metrics", "top_set_threshold"]
+
+METRIC_KEYS = ("f1", "iou", "correlation", "cosine")
+"""The pair columns :func:`label_metrics` returns, in order."""
+
+
+def top_set_threshold(x: np.ndarray, top_quantile: float) -> float:
+    """The unit's ``k``-th largest value, ``k = ceil(top_quantile * N)`` (at least 1)."""
+    n = x.shape[0]
+    k = min(n, max(1, math.ceil(top_quantile * n)))
+    return float(np.partition(x, n - k)[n - k])
+
+
+def _finite_values(x: np.ndarray) -> np.ndarray:
+    """``x`` (one unit, float64) with NaN/-inf at its lowest finite value and +inf at its highest."""
+    finite = np.isfinite(x)
+    if finite.all():
+        return x
+    if not finite.any():
+        return np.zeros_like(x)
+    lo, hi = x[finite].min(), x[finite].max()
+    return np.where(finite, x, np.where(x == np.inf, hi, lo))
+
+
+def label_metrics(activations: object, labels: object, *, top_quantile: float = 0.005) -> dict[str, np.ndarray]:
+    """F1, IoU (at the unit's top quantile), correlation and cosine of every (unit, concept) pair.
+
+    Args:
+        activations: ``(n_images, n_units)`` float activations (any strides).
+        labels: ``(n_images, n_concepts)`` 0/1 scipy.sparse matrix or bool ndarray.
+        top_quantile: fraction of images in a unit's top set, in ``(0, 1]``.
+
+    Returns:
+        ``{"f1", "iou", "correlation", "cosine"}``: ``(n_units, n_concepts)`` float64 each, and
+        ``"top_size"``: ``(n_units,)`` int64 ``|T|``.
+
+    Raises:
+        ValueError: shapes disagree or ``top_quantile`` is outside ``(0, 1]``.
+
+    Example:
+        >>> x = np.array([[0.0], [0.0], [1.0], [1.0]])
+        >>> y = np.array([[0], [0], [1], [1]], dtype=bool)
+        >>> m = label_metrics(x, y, top_quantile=0.25)
+        >>> [float(m[k][0, 0]) for k in ("f1", "iou", "correlation", "cosine")]
+        [1.0, 1.0, 1.0, 1.0]
+    """
+    a = as_activations(activations)
+    n_images, n_units = a.shape
+    if not 0.0 < float(top_quantile) <= 1.0:
+        raise ValueError(f"top_quantile must lie in (0, 1]; got {top_quantile!r}")
+    if sp.issparse(labels):
+        y = sp.csr_matrix(labels, dtype=np.float64)
+    else:
+        y = sp.csr_matrix(np.asarray(labels).astype(bool), dtype=np.float64)
+    if y.ndim != 2 or y.shape[0] != n_images:
+        raise ValueError(
+            f"labels must have shape ({n_images}, n_concepts) to match the activations; got {fmt_shape(y.shape)}"
+        )
+    y.sum_duplicates()
+    if y.nnz and (y.data != 1.0).any():
+        y.data = (y.data != 0).astype(np.float64)
+        y.eliminate_zeros()
+    n_concepts = y.shape[1]
+    n_pos = np.asarray(y.sum(axis=0)).ravel()
+    scored = (n_pos > 0) & (n_pos < n_images)
+
+    # Unit-major float64 values with the non-finite ones placed, then centred.
+    x = np.empty((n_units, n_images), dtype=np.float64)
+    for k in range(n_units):
+        x[k] = _finite_values(np.asarray(a[:, k], dtype=np.float64))
+    mean = x.mean(axis=1)
+    xc = x - mean[:, None]
+    sxx = np.einsum("ij,ij->i", xc, xc)  # N * var
+    norm = np.sqrt(np.einsum("ij,ij->i", x, x))
+    centred_sums = np.asarray(y.T @ xc.T)  # (n_concepts, n_units): sum over each concept of x - mean
+    pos_sums = centred_sums + n_pos[:, None] * mean[None, :]
+
+    p = n_pos / n_images
+    with np.errstate(divide="ignore", invalid="ignore"):
+        corr = (centred_sums / n_images) / np.sqrt(np.outer(p * (1 - p), sxx / n_images))
+        corr = np.where(np.outer(np.ones(n_concepts), sxx) > 0, corr, np.nan)
+        cosine = pos_sums / np.outer(np.sqrt(n_pos), norm)
+        cosine = np.where(np.outer(n_pos > 0, norm > 0), cosine, np.nan)
+
+    # Top sets and their overlap with each concept, from the label rows of the top images.
+    top_size = np.empty(n_units, dtype=np.int64)
+    inter = np.empty((n_units, n_concepts), dtype=np.float64)
+    indptr, indices = y.indptr.astype(np.int64), y.indices
+    for k in range(n_units):
+        rows = np.flatnonzero(x[k] >= top_set_threshold(x[k], top_quantile))
+        top_size[k] = rows.size
+        starts, lens = indptr[rows], indptr[rows + 1] - indptr[rows]
+        total = int(lens.sum())
+        if total == 0:
+            inter[k] = 0.0
+            continue
+        offsets = np.cumsum(lens) - lens
+        within = np.arange(total, dtype=np.int64) - np.repeat(offsets, lens)
+        inter[k] = np.bincount(indices[np.repeat(starts, lens) + within], minlength=n_concepts)
+    t = top_size[:, None].astype(np.float64)
+    n = n_pos[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = 2 * inter / (t + n)
+        iou = inter / (t + n - inter)
+    out = {"f1": f1, "iou": iou, "correlation": corr.T, "cosine": cosine.T}
+    for key in METRIC_KEYS:
+        out[key] = np.where(scored[None, :], out[key], np.nan)
+    out["top_size"] = top_size
+    return out
