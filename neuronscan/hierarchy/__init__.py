@@ -10,6 +10,9 @@ Numbers in, numbers out (numpy; no Ray, no I/O): the hierarchy stage (``pipeline
 - `ConceptDag`, `multimodal_pairs` (``_dag.py``): lowest common ancestors on the concept DAG; units aligned
   with two concepts that meet only at or above a chosen depth.
 - ``_schemas.py``: the files the stage writes and their Arrow schemas.
+- `analyse_concept`, `saliency_maps`, `box_iou` (``_spatial.py``): HINT's spatial method — saliency-defined
+  responsible regions, a position-level concept classifier, Shapley channel ranking and localisation IoU
+  (run by ``pipelines/hierarchy_spatial.py``, ``run_spatial``).
 
 Other ways of finding a concept's units (e.g. a spatial, saliency-based one) sit beside ``_collab.py`` as
 modules of their own and write their own tables.
@@ -34,6 +37,16 @@ from neuronscan.hierarchy._schemas import (
     HIERARCHY_UNITS_SCHEMA,
     MULTIMODAL_UNITS_FILE,
     MULTIMODAL_UNITS_SCHEMA,
+)
+from neuronscan.hierarchy._spatial import (
+    CONCEPT_SPATIAL_FILE,
+    CONCEPT_SPATIAL_SCHEMA,
+    LOCALISATION_FILE,
+    LOCALISATION_SCHEMA,
+    SpatialSection,
+    analyse_concept,
+    box_iou,
+    saliency_maps,
 )
 
 __all__ = [
@@ -60,4 +73,12 @@ __all__ = [
     "HIERARCHY_UNITS_SCHEMA",
     "MULTIMODAL_UNITS_FILE",
     "MULTIMODAL_UNITS_SCHEMA",
+    "CONCEPT_SPATIAL_FILE",
+    "CONCEPT_SPATIAL_SCHEMA",
+    "LOCALISATION_FILE",
+    "LOCALISATION_SCHEMA",
+    "SpatialSection",
+    "analyse_concept",
+    "box_iou",
+    "saliency_maps",
 ]
