@@ -97,6 +97,20 @@ table.tc tr.sig td:first-child { font-weight: 600; }
 .unit-links a { font-size: 12px; text-decoration: none; background: #eff6ff; color: #1d4ed8; border-radius: 5px;
   padding: 1px 7px; overflow-wrap: anywhere; }
 tr.changed td:first-child { border-left: 3px solid #f97316; }
+ul.tree { list-style: none; margin: 4px 0; padding-left: 18px; border-left: 1px solid var(--line); }
+.panel > ul.tree { border-left: 0; padding-left: 0; }
+ul.tree li.node { margin: 6px 0; }
+ul.tree summary { cursor: pointer; }
+.cname { font-weight: 600; overflow-wrap: anywhere; }
+.set, .chips, .other-sets { display: block; margin: 2px 0; }
+.chips { display: flex; flex-wrap: wrap; gap: 6px; }
+.chip-unit { display: inline-flex; align-items: center; gap: 4px; background: #f5f3ff; border-radius: 5px;
+  padding: 1px 6px; font-size: 12px; }
+.chip-unit a, td.uid a { text-decoration: none; color: #1d4ed8; font-family: ui-monospace, SFMono-Regular, Menlo,
+  Consolas, monospace; }
+svg.share { display: inline-block; vertical-align: middle; }
+.hfilter { margin: 4px 0 8px; color: var(--muted); }
+.hfilter input { font: inherit; padding: 3px 6px; width: 220px; }
 """
 
 JS = r"""
@@ -418,8 +432,20 @@ JS = r"""
     }, 120));
   }
 
+  // ---------------------------------------------------------------- hierarchy
+  function wireHierarchy() {
+    const input = $("h-filter");
+    if (!input) return;
+    input.addEventListener("input", debounce(() => {
+      const q = input.value.trim().toLowerCase();
+      for (const row of document.querySelectorAll("table.hfilterable tbody tr")) {
+        row.hidden = q !== "" && !row.textContent.toLowerCase().includes(q);
+      }
+    }, 120));
+  }
+
   // ---------------------------------------------------------------- views
-  const VIEWS = ["overview", "units", "concepts", "diff"];
+  const VIEWS = ["overview", "units", "concepts", "hierarchy", "diff"];
   function show(view) {
     for (const section of document.querySelectorAll("section.view")) section.hidden = section.id !== "view-" + view;
     for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.view === view);
@@ -449,6 +475,7 @@ JS = r"""
   wireUnits();
   wireConcepts();
   wireDiff();
+  wireHierarchy();
   window.addEventListener("hashchange", route);
   route();
   // Render the first layer's cards right away (hidden if another view is open) so Units opens instantly.

@@ -2,7 +2,8 @@
 
 Layout of the report folder::
 
-    index.html           overview (inline SVG charts), the app shell, inline CSS and JS
+    index.html           overview (inline SVG charts), the app shell, inline CSS and JS; the Hierarchy view
+                         (`neuronscan.report._hierarchy`) when the run has the hierarchy stage's tables
     data/units-*.js      one per layer: every unit's card data, loaded when the layer is shown
     data/concepts.js     per concept, its best units across layers, loaded when Concepts is opened
     thumbs/<id>.jpg      top-image thumbnails; thumbs/placeholder.png for images that cannot be shown
@@ -35,6 +36,7 @@ import pyarrow.dataset as ds
 
 from neuronscan.io import RunDir, is_remote, layer_dirname
 from neuronscan.report._assets import CSS, JS
+from neuronscan.report._hierarchy import HierarchyData, hierarchy_view, load_hierarchy
 from neuronscan.report._load import RunData, layer_concepts, layer_neurons, layer_topk, open_run
 from neuronscan.report._svg import bar_svg, histogram_svg, layer_bars_svg
 from neuronscan.report._thumbs import PLACEHOLDER, RESIZE_MODES, Thumbnails, write_placeholder
@@ -174,7 +176,8 @@ def _build(run: RunData, root: Path, diff: dict[str, pd.DataFrame] | None, max_t
         "layers": entries,
         "concepts": concepts_entry,
     }
-    html = _page(run, summaries, has_depth, diff, index, sum(thumbs.made.values()))
+    hierarchy = load_hierarchy(run.root)
+    html = _page(run, summaries, has_depth, diff, index, sum(thumbs.made.values()), hierarchy)
     (root / "index.html").write_text(html, encoding="utf-8")
 
 
@@ -351,8 +354,9 @@ def _page(
     diff: dict[str, pd.DataFrame] | None,
     index: dict[str, Any],
     n_thumbs: int,
+    hierarchy: HierarchyData | None = None,
 ) -> str:
-    """The whole ``index.html``."""
+    """The whole ``index.html`` (with a Hierarchy view when the run has the hierarchy stage's tables)."""
     info = run.info
     model = info.get("model") if isinstance(info.get("model"), dict) else {}
     run_id = _plain(info.get("run_id"))
@@ -365,6 +369,8 @@ def _page(
         "base-uri 'none'; form-action 'none'"
     )
     nav = [("overview", "Overview"), ("units", "Units"), ("concepts", "Concepts")]
+    if hierarchy is not None:
+        nav.append(("hierarchy", "Hierarchy"))
     if diff is not None:
         nav.append(("diff", "Diff"))
     out = [
@@ -388,6 +394,8 @@ def _page(
         _units_view(run.layers),
         _concepts_view(),
     ]
+    if hierarchy is not None:
+        out.append(hierarchy_view(hierarchy, run.layers))
     if diff is not None:
         out.append(_diff_view(diff))
     out += [
