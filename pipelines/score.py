@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import scipy.sparse as sp
 
 from neuronscan.concepts import LabelMatrix, ancestors_map, build_label_matrix
 from neuronscan.errors import InputError, NeuronscanError
@@ -90,7 +91,7 @@ class ScoreSummary:
     timings: dict = field(default_factory=dict)
 
 
-SHARD_PHASES = ("read", "rank", "scores", "permutation", "compositional", "wpmi", "other")
+SHARD_PHASES = ("read", "rank", "scores", "metrics", "permutation", "compositional", "simulation", "wpmi", "other")
 """The phases a shard task times (seconds, summed over shards in `ScoreSummary.timings`)."""
 
 
@@ -150,6 +151,8 @@ class ShardParams:
         seed: permutation seed, the same for every shard: a pair's p_perm does not depend on the sharding.
         threads: ranking threads per task.
         compositional: keyword arguments of `compositional_search_units`; None when turned off.
+        top_quantile: the top fraction of a unit's images F1 and IoU count as active.
+        simulation: keyword arguments of `simulation_scores`; None when turned off.
     """
 
     alpha: float
@@ -159,6 +162,8 @@ class ShardParams:
     seed: int
     threads: int
     compositional: dict | None
+    top_quantile: float = 0.005
+    simulation: dict | None = None
 
     @classmethod
     def from_config(cls, score_cfg, total_units: int) -> ShardParams:
@@ -172,6 +177,9 @@ class ShardParams:
             seed=score_cfg.seed,
             threads=max(1, int(round(score_cfg.cpus_per_task))),
             compositional=comp.model_dump(exclude={"enabled"}) if comp.enabled else None,
+            top_quantile=score_cfg.top_quantile,
+            simulation=(score_cfg.simulation.model_dump(exclude={"enabled"}) if score_cfg.simulation.enabled
+                        else None),
         )
 
 
@@ -307,9 +315,12 @@ def score_shard(
     seconds per phase (`SHARD_PHASES`) and in all (``task``).
     """
     from neuronscan.stats import (
+        METRIC_KEYS,
         compositional_search_units,
+        label_metrics,
         permutation_pvalues,
         score_block,
+        simulation_scores,
     )
 
     clock = time.perf_counter
@@ -340,6 +351,10 @@ def score_shard(
         "p_perm": np.full((n_units, len(concepts)), np.nan),
         "n_perm_tested": 0,
     }
+    t = clock()
+    metrics = label_metrics(acts, labels, top_quantile=params.top_quantile)
+    out.update({key: metrics[key].astype(np.float32) for key in METRIC_KEYS})
+    timings["metrics"] = clock() - t
     if params.n_perm > 0 and len(concepts):
         t = clock()
         unit_idx, concept_idx = _permutation_pairs(res["auc"], res["p_value"], params)
@@ -359,6 +374,15 @@ def score_shard(
         out["formula_p"] = np.array([f.p_value if f is not None else np.nan for f in formulas])
         out["formula_n_evaluated"] = np.asarray(n_eval, dtype=np.int64)
         timings["compositional"] = clock() - t
+    if params.simulation is not None and len(concepts):
+        t = clock()
+        masks = None
+        if comp is not None:
+            masks = [_formula_mask(f, labels, len(ids)) if f is not None else None for f in formulas]
+        sim = simulation_scores(acts, labels, ids, formula_masks=masks, **params.simulation)
+        out["sim"] = {key: sim[key] for key in ("concept", "concept_corr", "linear_corr", "formula_corr",
+                                                "linear_terms", "linear_weights", "linear_intercept")}
+        timings["simulation"] = clock() - t
     if clip is not None:
         t = clock()
         out["wpmi_logcond"] = _wpmi_logcond(ids, acts, clip)
@@ -367,6 +391,21 @@ def score_shard(
     timings["cpu"] = time.process_time() - cpu_task  # the worker's CPU meanwhile: below "task" when it waited
     timings["other"] = max(0.0, timings["task"] - sum(timings[k] for k in SHARD_PHASES if k != "other"))
     out["timings"] = timings
+    return out
+
+
+def _formula_mask(formula, labels, n_images: int) -> np.ndarray:
+    """A formula's positive set from the CSC label matrix (`Formula.mask` without re-validating the labels)."""
+    csc = labels.tocsc() if not isinstance(labels, (sp.csc_matrix, sp.csc_array)) else labels
+
+    def atom(concept: int, negated: bool) -> np.ndarray:
+        m = np.zeros(n_images, dtype=bool)
+        m[csc.indices[csc.indptr[concept] : csc.indptr[concept + 1]]] = True
+        return ~m if negated else m
+
+    out = atom(*formula.atoms[0])
+    for op, a in zip(formula.ops, formula.atoms[1:]):
+        out = (out & atom(*a)) if op == "AND" else (out | atom(*a))
     return out
 
 
@@ -668,7 +707,7 @@ def _reduce(found: _Layers, results: dict[str, list[dict]],
     for lp in found.parts:
         parts = sorted(results[lp.layer], key=lambda r: r["first_unit"])
         a = {key: np.concatenate([p[key] for p in parts])
-             for key in ("auc", "auprc", "p_value", "log_p", "p_perm", "dead", "n_nonfinite")}
+             for key in ("auc", "auprc", "p_value", "log_p", "p_perm", "dead", "n_nonfinite", *_METRIC_COLUMNS)}
         # A unit is its column: u00042 is unit 42, whatever its position among the layer's columns.
         a["unit_ids"] = np.asarray([int(c[1:]) for c in lp.units], dtype=np.int32)
         a["n_perm_tested"] = sum(p["n_perm_tested"] for p in parts)
@@ -676,6 +715,11 @@ def _reduce(found: _Layers, results: dict[str, list[dict]],
             a["formula"] = [t for p in parts for t in p["formula"]]
             for key in ("formula_auc", "formula_p", "formula_n_evaluated"):
                 a[key] = np.concatenate([p[key] for p in parts])
+        if parts and "sim" in parts[0]:
+            a["sim"] = {key: (np.concatenate([p["sim"][key] for p in parts]) if isinstance(parts[0]["sim"][key],
+                                                                                           np.ndarray)
+                              else [v for p in parts for v in p["sim"][key]])
+                        for key in parts[0]["sim"]}
         if parts and "wpmi_logcond" in parts[0]:
             logcond = np.concatenate([p["wpmi_logcond"] for p in parts])
             # soft-WPMI prior: log p(c) = log-mean-exp of log p(c | B_k) over the layer's units (lambda = 1).
@@ -724,9 +768,36 @@ def _pair_table(layer: str, a: dict, n_pos: np.ndarray, n_images: int, concepts:
         "n_perm": np.where(np.isnan(p_perm), 0, n_perm).astype(np.int32),
         "clip_score": (a["wpmi"].ravel() if ("wpmi" in a and clip_same_vocab) else np.full(n_rows, np.nan)),
         "depth": (depth[cidx] if depth is not None else np.full(n_rows, -1, dtype=np.int16)),
+        **{key: a[key].ravel() for key in _METRIC_COLUMNS},
     }
     return pa.Table.from_arrays([pa.array(cols[f.name], f.type) if not isinstance(cols[f.name], pa.Array)
                                  else cols[f.name] for f in NEURON_CONCEPTS_SCHEMA], schema=NEURON_CONCEPTS_SCHEMA)
+
+
+_METRIC_COLUMNS = ("f1", "iou", "correlation", "cosine")
+"""Pair metrics of `neuronscan.stats.label_metrics` (float32 in the pair table)."""
+
+_RANK_COLUMN = {"auc": "auc", "auprc": "auprc", "f1": "f1", "iou": "iou", "correlation": "correlation",
+                "cosine": "cosine"}
+"""``score.rank_by`` → the assembled array that chooses each unit's best concept."""
+
+
+def _simulation_columns(sim: dict | None, concepts: list[str], n_units: int) -> dict:
+    """The ``sim_*`` and ``linear_*`` columns of ``neurons.parquet`` (NaN / empty without simulation)."""
+    if sim is None:
+        nan = np.full(n_units, np.nan)
+        return {"sim_concept": [None] * n_units, "sim_concept_corr": nan, "sim_formula_corr": nan,
+                "sim_linear_corr": nan, "linear_terms": [[] for _ in range(n_units)],
+                "linear_weights": [[] for _ in range(n_units)], "linear_intercept": nan}
+    return {
+        "sim_concept": [concepts[c] if c >= 0 else None for c in sim["concept"]],
+        "sim_concept_corr": sim["concept_corr"],
+        "sim_formula_corr": sim["formula_corr"],
+        "sim_linear_corr": sim["linear_corr"],
+        "linear_terms": [[concepts[c] for c in terms] for terms in sim["linear_terms"]],
+        "linear_weights": sim["linear_weights"],
+        "linear_intercept": sim["linear_intercept"],
+    }
 
 
 # Columns of neuron_concepts.parquet with few distinct values: dictionary-encoded, with statistics. The float
@@ -743,13 +814,15 @@ def _unit_frame(layer: str, a: dict, concepts: list[str], text_concepts: list[st
     summary = summarize_units(
         auc=a["auc"], auprc=a["auprc"], q_value=a["q_value"], p_perm=a["p_perm"], concepts=concepts,
         alpha=score_cfg.alpha, min_auc=score_cfg.min_auc, ancestors=anc,
-        spurious_concepts=score_cfg.spurious_concepts,
+        spurious_concepts=score_cfg.spurious_concepts, rank_by=a[_RANK_COLUMN[score_cfg.rank_by]],
+        extra={f"best_{key}": a[key] for key in _METRIC_COLUMNS},
     )
     nd = {
         "layer": [layer] * n_units,
         "unit": a["unit_ids"],
         **{k: summary[k] for k in ("best_concept", "best_auc", "best_auprc", "best_q", "best_p_perm",
-                                   "n_significant")},
+                                   "n_significant", *(f"best_{m}" for m in _METRIC_COLUMNS))},
+        **_simulation_columns(a.get("sim"), concepts, n_units),
         "formula": a.get("formula", [None] * n_units),
         "formula_auc": a.get("formula_auc", np.full(n_units, np.nan)),
         "formula_p_exploratory": a.get("formula_p", np.full(n_units, np.nan)),

@@ -245,6 +245,18 @@ class CompositionalSection(_Section):
         return self
 
 
+class SimulationSection(_Section):
+    """Simulation scores: each unit's explanations predict its activations on held-out images."""
+
+    enabled: Bool = True
+    holdout: Float = Field(0.2, gt=0, lt=1, description="Fraction of images held out (by a hash of the image id).")
+    seed: Int = Field(0, description="Seed of the held-out split.")
+    max_terms: Int = Field(5, ge=1, le=50, description="Most concepts in a unit's linear explanation.")
+    n_candidates: Int = Field(32, ge=1, le=1000, description="Concepts a linear explanation chooses from "
+                              "(highest absolute correlation on the fit images).")
+    min_gain: Float = Field(0.005, ge=0, le=1, description="R² a term must add to the linear explanation.")
+
+
 class ScoreSection(_Section):
     """The score stage: AUC, AUPRC, p- and q-values, permutation tests, labels."""
 
@@ -262,6 +274,14 @@ class ScoreSection(_Section):
         description="AUC a significant concept needs to be aligned: the bar of the multimodal and spurious "
         "flags and of the concepts a diff reports as gained or lost.",
     )
+    rank_by: Literal["auprc", "correlation", "cosine", "f1", "iou", "auc"] = Field(
+        "auprc", description="The metric that chooses each unit's best_concept (AUC is still reported). "
+        "AUPRC passes both of `neuronscan sanity`'s checks; AUC fails the missing-labels check on rare concepts.",
+    )
+    top_quantile: Float = Field(
+        0.005, gt=0, le=1, description="Top fraction of a unit's images that F1 and IoU treat as 'active'."
+    )
+    simulation: SimulationSection = Field(default_factory=SimulationSection)
     compositional: CompositionalSection = Field(default_factory=CompositionalSection)
     spurious_concepts: list[str] = Field(
         default_factory=list, description="Concepts flagged when a unit aligns to them (q <= alpha, AUC >= min_auc)."

@@ -65,6 +65,10 @@ NEURON_CONCEPTS_SCHEMA = pa.schema(
         ("n_perm", pa.int32()),
         ("clip_score", pa.float64()),
         ("depth", pa.int16()),
+        ("f1", pa.float32()),
+        ("iou", pa.float32()),
+        ("correlation", pa.float32()),
+        ("cosine", pa.float32()),
     ]
 )
 """``neuron_concepts.parquet``: the global table, one row per (layer, unit, concept)."""
@@ -89,6 +93,17 @@ NEURONS_SCHEMA = pa.schema(
         ("multimodal", pa.bool_()),
         ("spurious", pa.bool_()),
         ("n_nonfinite", pa.int64()),
+        ("best_f1", pa.float64()),
+        ("best_iou", pa.float64()),
+        ("best_correlation", pa.float64()),
+        ("best_cosine", pa.float64()),
+        ("sim_concept", pa.string()),
+        ("sim_concept_corr", pa.float64()),
+        ("sim_formula_corr", pa.float64()),
+        ("sim_linear_corr", pa.float64()),
+        ("linear_terms", pa.list_(pa.string())),
+        ("linear_weights", pa.list_(pa.float64())),
+        ("linear_intercept", pa.float64()),
     ]
 )
 """``neurons.parquet``: one row per unit (the summary of `neuronscan.stats.summarize_units`)."""

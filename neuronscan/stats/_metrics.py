@@ -59,6 +59,25 @@ def _finite_values(x: np.ndarray) -> np.ndarray:
     return np.where(finite, x, np.where(x == np.inf, hi, lo))
 
 
+def _unit_major(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Unit-major float64 values (non-finite ones placed), centred values, means and sums of squares.
+
+    Every statistic is computed one unit at a time, from its own contiguous row: the same bits whatever
+    the number of units in the block (numpy reduces a multi-row axis in another order than one row).
+    """
+    n_images, n_units = a.shape
+    x = np.empty((n_units, n_images), dtype=np.float64)
+    xc = np.empty_like(x)
+    mean = np.empty(n_units)
+    sxx = np.empty(n_units)
+    for k in range(n_units):
+        x[k] = _finite_values(np.asarray(a[:, k], dtype=np.float64))
+        mean[k] = x[k].mean()
+        np.subtract(x[k], mean[k], out=xc[k])
+        sxx[k] = xc[k] @ xc[k]
+    return x, xc, mean, sxx
+
+
 def label_metrics(activations: object, labels: object, *, top_quantile: float = 0.005) -> dict[str, np.ndarray]:
     """F1, IoU (at the unit's top quantile), correlation and cosine of every (unit, concept) pair.
 
@@ -101,14 +120,8 @@ def label_metrics(activations: object, labels: object, *, top_quantile: float = 
     n_pos = np.asarray(y.sum(axis=0)).ravel()
     scored = (n_pos > 0) & (n_pos < n_images)
 
-    # Unit-major float64 values with the non-finite ones placed, then centred.
-    x = np.empty((n_units, n_images), dtype=np.float64)
-    for k in range(n_units):
-        x[k] = _finite_values(np.asarray(a[:, k], dtype=np.float64))
-    mean = x.mean(axis=1)
-    xc = x - mean[:, None]
-    sxx = np.einsum("ij,ij->i", xc, xc)  # N * var
-    norm = np.sqrt(np.einsum("ij,ij->i", x, x))
+    x, xc, mean, sxx = _unit_major(a)
+    norm = np.sqrt(np.array([x[k] @ x[k] for k in range(n_units)]))
     centred_sums = np.asarray(y.T @ xc.T)  # (n_concepts, n_units): sum over each concept of x - mean
     pos_sums = centred_sums + n_pos[:, None] * mean[None, :]
 

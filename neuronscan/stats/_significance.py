@@ -45,10 +45,10 @@ def aligned_mask(q_value: np.ndarray, auc: np.ndarray, alpha: float, min_auc: fl
 
 
 def best_concepts(auc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each unit's highest-AUC concept (ties: the first), and whether it has any finite AUC.
+    """Each unit's highest-scoring concept (ties: the first), and whether it has any finite score.
 
     Args:
-        auc: ``(n_units, n_concepts)``.
+        auc: ``(n_units, n_concepts)`` AUC, or the metric ``score.rank_by`` names.
 
     Returns:
         ``(best, has_best)``: ``(n_units,)`` concept indices and booleans.
@@ -95,6 +95,8 @@ def summarize_units(
     p_perm: np.ndarray | None = None,
     ancestors: Mapping[str, Collection[str]] | None = None,
     spurious_concepts: Collection[str] = (),
+    rank_by: np.ndarray | None = None,
+    extra: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray | list]:
     """The per-unit summary of one layer: best concept, ``n_significant`` and the flags.
 
@@ -104,15 +106,17 @@ def summarize_units(
         alpha, min_auc: see the module docstring.
         ancestors: concept → ancestors, for the multimodal flag.
         spurious_concepts: concepts a unit should not be aligned with.
+        rank_by: ``(n_units, n_concepts)`` scores that choose the best concept (default: ``auc``).
+        extra: more ``(n_units, n_concepts)`` arrays to read at the best concept, by output name.
 
     Returns:
-        Columns of ``neurons.parquet``: ``best_concept`` (None for a unit without a finite AUC),
-        ``best_auc``, ``best_auprc``, ``best_q``, ``best_p_perm``, ``n_significant`` (int32),
-        ``multimodal`` and ``spurious`` (bool).
+        Columns of ``neurons.parquet``: ``best_concept`` (None for a unit without a finite
+        ``rank_by`` score), ``best_auc``, ``best_auprc``, ``best_q``, ``best_p_perm``, the ``extra``
+        names, ``n_significant`` (int32), ``multimodal`` and ``spurious`` (bool).
     """
     auc = np.asarray(auc, dtype=np.float64)
     n_units, n_concepts = auc.shape
-    best, has_best = best_concepts(auc)
+    best, has_best = best_concepts(auc if rank_by is None else rank_by)
     rows = np.arange(n_units)
 
     def at_best(values: np.ndarray | None) -> np.ndarray:
@@ -131,6 +135,7 @@ def summarize_units(
         "best_auprc": at_best(auprc),
         "best_q": at_best(q_value),
         "best_p_perm": at_best(p_perm),
+        **{name: at_best(values) for name, values in (extra or {}).items()},
         "n_significant": significant_mask(q_value, auc, alpha).sum(1).astype(np.int32),
         "multimodal": multimodal_units(aligned, concepts, ancestors),
         "spurious": (aligned & spurious).any(1) if n_concepts else np.zeros(n_units, dtype=bool),

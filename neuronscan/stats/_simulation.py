@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ._metrics import _finite_values
+from ._metrics import _finite_values, _unit_major
 from ._validate import as_activations, fmt_shape
 
 __all__ = ["holdout_mask", "simulation_scores"]
@@ -129,10 +129,8 @@ def simulation_scores(
     for k in range(n_units):
         x[k] = _finite_values(np.asarray(a[:, k], dtype=np.float64))
     xf, xh = x[:, fit], x[:, held]
-    xf_c = xf - xf.mean(axis=1, keepdims=True)
-    xh_c = xh - xh.mean(axis=1, keepdims=True)
-    sxx_f = np.einsum("ij,ij->i", xf_c, xf_c)
-    sxx_h = np.einsum("ij,ij->i", xh_c, xh_c)
+    _, xf_c, _, sxx_f = _unit_major(xf.T)
+    _, xh_c, _, sxx_h = _unit_major(xh.T)
     sums_f = np.asarray(y_fit.T @ xf_c.T)  # (C, K)
     sums_h = np.asarray(y_held.T @ xh_c.T)
     corr_f = _corr_from_sums(sums_f, npos_fit, n_fit, sxx_f)
