@@ -495,9 +495,10 @@ def _run_spatial(run: RunDir, cfg, spatial: SpatialSection, *, quiet: bool, lock
     plan = plan_spatial(str(run), cfg, spatial)
     say(f"spatial: {len(plan.concepts)} concepts x {len(plan.layers)} layer(s) ({', '.join(plan.layers)}), "
         f"saliency {spatial.saliency} at the {spatial.saliency_at}, boxes {plan.boxes_path or 'none'}")
+    t_planned = time.perf_counter()
     if not ray.is_initialized():
         init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory)
-    t_planned = time.perf_counter()
+    t_ray = time.perf_counter()
     actor_cls = ray.remote(num_cpus=spatial.cpus_per_actor, num_gpus=spatial.num_gpus)(SpatialActor)
     n_actors = max(1, min(spatial.num_actors, len(plan.tasks)))
     kwargs = {"model": plan.model_kwargs, "image_size": plan.image_size, "num_gpus": spatial.num_gpus,
@@ -534,7 +535,7 @@ def _run_spatial(run: RunDir, cfg, spatial: SpatialSection, *, quiet: bool, lock
         "layers": plan.layers, "n_concepts": len(plan.concepts), "n_tasks": len(plan.tasks),
         "boxes": plan.boxes_path, "output_concepts": len(plan.outputs), "actors": n_actors,
         "timings": {"seconds": round(seconds, 3), "plan_s": round(t_planned - t0, 3),
-                    "tasks_s": round(t_tasks - t_planned, 3),
+                    "ray_start_s": round(t_ray - t_planned, 3), "tasks_s": round(t_tasks - t_ray, 3),
                     "task_seconds_mean": round(float(np.mean(task_seconds)), 4) if task_seconds else None,
                     "task_seconds_sum": round(float(np.sum(task_seconds)), 3)},
         "tasks": [{k: v for k, v in r.items() if k not in ("order", "weight", "shapley", "ious")}
