@@ -1,4 +1,5 @@
-"""The ``neuronscan`` command line: one module per command group (audit, hierarchy, models, results, cluster).
+"""The ``neuronscan`` command line: one module per command group (audit, hierarchy, models, results, quality,
+cluster).
 
 Every subcommand has ``--help`` with an example. User mistakes (a config typo, an unknown layer, a
 missing folder, an empty labels file) print one clear message and exit with status 2; a failed
@@ -12,7 +13,7 @@ import os
 import sys
 
 from neuronscan import __version__
-from neuronscan.cli import audit, cluster, hierarchy, models, results
+from neuronscan.cli import audit, cluster, hierarchy, models, quality, results
 from neuronscan.cli._common import FORMATTER, examples
 from neuronscan.errors import NeuronscanError
 
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"neuronscan {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    for group in (audit, hierarchy, models, results, cluster):
+    for group in (audit, hierarchy, models, results, quality, cluster):
         HANDLERS.update(group.add_parsers(sub))
     return parser
 

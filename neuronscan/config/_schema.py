@@ -275,8 +275,9 @@ class ScoreSection(_Section):
         "flags and of the concepts a diff reports as gained or lost.",
     )
     rank_by: Literal["auprc", "correlation", "cosine", "f1", "iou", "auc"] = Field(
-        "auprc", description="The metric that chooses each unit's best_concept (AUC is still reported). "
-        "AUPRC passes both of `neuronscan sanity`'s checks; AUC fails the missing-labels check on rare concepts.",
+        "correlation", description="The metric that chooses each unit's best_concept (AUC is still reported). "
+        "Correlation passes both of `neuronscan sanity`'s checks at every frequency; AUC fails the "
+        "missing-labels check on rare concepts.",
     )
     top_quantile: Float = Field(
         0.005, gt=0, le=1, description="Top fraction of a unit's images that F1 and IoU treat as 'active'."

@@ -16,6 +16,7 @@ from ._mannwhitney import mannwhitney_pvalues
 from ._metrics import METRIC_KEYS, label_metrics
 from ._permutation import PermutationDraws, permutation_draws, permutation_pvalues
 from ._ranking import UnitRanks, rank_units
+from ._sanity import SANITY_METRICS, SanityResult, sanity_checks
 from ._score import score_block
 from ._significance import aligned_mask, best_concepts, multimodal_units, significant_mask, summarize_units
 from ._simulation import holdout_mask, simulation_scores
@@ -36,6 +37,8 @@ __all__ = [
     "mannwhitney_pvalues",
     "METRIC_KEYS",
     "PermutationDraws",
+    "SANITY_METRICS",
+    "SanityResult",
     "holdout_mask",
     "label_metrics",
     "permutation_draws",
@@ -43,6 +46,7 @@ __all__ = [
     "prepare_labels",
     "rank_sums",
     "rank_units",
+    "sanity_checks",
     "score_block",
     "simulation_scores",
     "aligned_mask",
