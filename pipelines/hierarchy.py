@@ -321,7 +321,7 @@ def _multimodal(run: RunDir, cfg, hierarchy, concept_units: pd.DataFrame, layer_
     hu_frames = []
     layers: dict[str, dict] = {}
     by_layer = dict(tuple(pairs_frame.groupby("layer", sort=False)))
-    ordered = [name for name in layer_order if name in by_layer] + [n for n in by_layer if n not in layer_order]
+    ordered = [name for name in layer_order if name in by_layer]  # the layers hierarchy.layers selects
     for layer in ordered:
         units, auc, q = _layer_arrays(by_layer[layer], concepts)
         aligned = aligned_mask(q, auc, alpha, min_auc)

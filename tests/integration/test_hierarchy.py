@@ -73,11 +73,19 @@ def test_multimodal_units_and_best_depths(scored):
     assert layer.loc[PARENT_UNIT, "best_concept"] == "P2" and layer.loc[PARENT_UNIT, "best_depth"] == 1
     assert layer.loc[0, "best_depth"] == 2 and layer.loc[7, "min_lca_depth"] == 1
     assert not layer.loc[7, "multimodal"] and layer.loc[6, "multimodal"]
+    # best_concept is the score stage's (neurons.parquet); its depth is the hierarchy's.
+    neurons = pd.read_parquet(scored / "neurons.parquet")
+    neurons = neurons[neurons.layer == LAYERS[0]].set_index("unit")
+    assert (layer.best_concept == neurons.best_concept.reindex(layer.index)).all()
+    depth = {"R": 0, "P1": 1, "P2": 1}
+    assert (layer.best_depth == layer.best_concept.map(lambda c: depth.get(c, 2))).all()
     summary = json.loads((scored / "hierarchy_summary.json").read_text())
     s = summary["layers"][LAYERS[0]]
-    assert s["best_depth_counts"]["1"] == 1 and s["multimodal_units_by_depth"]["0"] == 1
+    counted = layer[layer.best_aligned].best_depth.value_counts()
+    assert s["best_depth_counts"] == {str(d): int(n) for d, n in sorted(counted.items())}
+    assert s["mean_best_depth"] == pytest.approx(layer[layer.best_aligned].best_depth.mean(), abs=1e-4)
+    assert s["multimodal_units_by_depth"]["-1"] == 0 and s["multimodal_units_by_depth"]["0"] == 1
     assert s["multimodal_units_by_depth"]["1"] == 3  # units 5 (d, e), 6 and 7 (a, b)
-    assert 1.8 < s["mean_best_depth"] < 2.0
 
 
 def test_a_deeper_lca_setting_flags_siblings_too(scored):
