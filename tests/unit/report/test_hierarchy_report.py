@@ -184,3 +184,14 @@ def test_in_a_browser_the_view_opens_and_filters(report):
         page.wait_for("!document.getElementById('view-units').hidden", 5)
         assert page.errors == [], page.errors
         assert page.evaluate("window.__ns_dialogs") == []
+
+
+def test_without_a_hierarchy_the_largest_sets_are_listed(tmp_path):
+    fake = write_fake_run(tmp_path, layers={"conv2": 20, "conv4:mean": 12})
+    write_hierarchy_tables(fake.run_dir)
+    (fake.run_dir / "hierarchy.parquet").unlink()
+    section = _section(write_report(fake.run_dir, max_top_images=0).read_text())
+    listed = section.split("<h3>Collaborative units</h3>", 1)[1].split("</div>", 1)[0]
+    names = re.findall(r'<span class="cname">(.*?)</span>', listed)
+    assert set(names) == {"round", "angular", "circle", escape(XSS_SCRIPT)}
+    assert set(names[:2]) == {"round", escape(XSS_SCRIPT)}  # the 2-unit sets first
