@@ -291,6 +291,14 @@ JS = r"""
       node.append(table);
     }
     if (u.f != null) node.append(line("formula", u.f + "  (AUC " + fmt(u.fa) + ")"));
+    if (u.sim && u.sim.some(isNum)) {
+      node.append(line("held-out r", "concept " + fmt(u.sim[0]) + " · formula " + fmt(u.sim[1]) +
+                       " · linear " + fmt(u.sim[2])));
+    }
+    if (u.lt && u.lt.length) {
+      node.append(line("linear", u.lt.map(([t, w]) => (isNum(w) && w < 0 ? "− " : "+ ") +
+                                          fmt(Math.abs(w), 2) + " " + t).join(" ")));
+    }
     if (u.c != null) node.append(line("CLIP", u.c + "  (score " + fmt(u.cs, 2) + ")"));
     node.append(line("significant concepts", isNum(u.s) ? String(u.s) : "—"));
     return node;

@@ -243,6 +243,9 @@ def _layer_payload(
                 "s": _int(row.n_significant),
                 "f": _text(row.formula),
                 "fa": _num(row.formula_auc),
+                "r": _num(row.best_correlation),
+                "sim": [_num(row.sim_concept_corr), _num(row.sim_formula_corr), _num(row.sim_linear_corr)],
+                "lt": [[_text(t), _num(w, 3)] for t, w in zip(_list(row.linear_terms), _list(row.linear_weights))],
                 "c": _text(row.clip_label),
                 "cs": _num(row.clip_score),
                 "d": bool(row.dead),
@@ -265,6 +268,13 @@ def _layer_payload(
         best_depth=best_depth[~dead],
     )
     return {"layer": layer, "units": records, "images": images}, summary
+
+
+def _list(value: Any) -> list:
+    """A list cell of ``neurons.parquet`` (numpy array, list, or missing) as a list."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return []
+    return list(value)
 
 
 class _ConceptIndex:

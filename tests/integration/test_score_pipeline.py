@@ -158,3 +158,43 @@ def test_units_are_their_columns(ray_local, tmp_path):
     with pytest.raises(InputError, match=r"part-002\.parquet.*part-000\.parquet.*missing \['u00001'\]"):
         run_score(activations_dir=str(tmp_path / "acts"), labels=labels, out_dir=str(tmp_path / "out2"),
                   score_cfg=cfg.score, quiet=True)
+
+
+def test_quality_metrics_and_rank_by_equal_oracles(scored):
+    """F1/IoU at the top quantile, correlation and cosine per pair; best_concept by score.rank_by (correlation)."""
+    import math
+
+    from scipy.stats import pointbiserialr
+    from sklearn.metrics import f1_score, jaccard_score
+
+    _, table, neurons, acts, y, image_ids = scored
+    order = np.argsort(image_ids)
+    checked = 0
+    for row in table.itertuples():
+        if row.concept == "none":
+            assert all(np.isnan(getattr(row, m)) for m in ("f1", "iou", "correlation", "cosine"))
+            continue
+        k = row.unit + (4 if row.layer == "layer2" else 0)
+        a = acts[order, k].astype(np.float32).astype(np.float64)
+        m = y[row.concept][order]
+        top = a >= np.sort(a)[::-1][math.ceil(0.005 * len(a)) - 1]
+        assert row.f1 == pytest.approx(f1_score(m, top, zero_division=0.0), abs=1e-6)
+        assert row.iou == pytest.approx(jaccard_score(m, top, zero_division=0.0), abs=1e-6)
+        if np.ptp(a) > 0:
+            assert row.correlation == pytest.approx(pointbiserialr(m, a).statistic, abs=1e-6)
+            checked += 1
+        assert row.cosine == pytest.approx(a @ m / (np.linalg.norm(a) * np.sqrt(m.sum())), abs=1e-6)
+    assert checked >= 20
+    for unit in neurons.itertuples():
+        rows = table[(table["layer"] == unit.layer) & (table["unit"] == unit.unit)]
+        corr = rows["correlation"].to_numpy(np.float64)
+        if np.isfinite(corr).any():
+            best = rows.iloc[int(np.nanargmax(corr))]
+            assert unit.best_concept == best["concept"] and unit.best_auc == best["auc"]
+            assert unit.best_correlation == pytest.approx(best["correlation"], abs=1e-6)
+        else:
+            assert pd.isna(unit.best_concept)
+    planted = neurons[(neurons["layer"] == "layer1:mean") & (neurons["unit"] == 0)].iloc[0]
+    assert planted["sim_concept"] == "a" and planted["sim_concept_corr"] > 0.5
+    assert planted["linear_terms"][0] == "a" and len(planted["linear_terms"]) == len(planted["linear_weights"])
+    assert planted["sim_linear_corr"] >= planted["sim_concept_corr"] - 0.05 and planted["sim_formula_corr"] > 0.3
