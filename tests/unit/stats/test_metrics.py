@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from scipy.stats import pointbiserialr
 from sklearn.metrics import f1_score, jaccard_score
 
-from neuronscan.stats import label_metrics
+from neuronscan.stats import label_metrics, score_block
 
 from ._data import tied_activations
 
@@ -76,6 +76,9 @@ def test_a_unit_that_is_a_concept_scores_one():
     m = label_metrics(y.astype(np.float32), y, top_quantile=0.005)
     for key in ("f1", "iou", "correlation", "cosine"):
         np.testing.assert_allclose(np.diag(m[key]), 1.0, atol=1e-12, err_msg=key)
+    res = score_block(y.astype(np.float32), sp.csc_matrix(y))
+    np.testing.assert_allclose(np.diag(res["auc"]), 1.0, atol=1e-12)
+    np.testing.assert_allclose(np.diag(res["auprc"]), 1.0, atol=1e-12)
     # A concept rarer than the top quantile: the k-th largest value is 0 and every image ties into T.
     rare = y[:, :1].copy()
     rare[np.flatnonzero(rare[:, 0])[0], 0] = False
