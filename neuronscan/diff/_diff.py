@@ -417,6 +417,13 @@ def diff_runs(
         alpha = alpha_b if alpha_b is not None else alpha_a if alpha_a is not None else DEFAULT_ALPHA
         if alpha_a is not None and alpha_b is not None and alpha_a != alpha_b:
             notes.append(f"the runs used different alpha ({alpha_a} vs {alpha_b}); both are compared at {alpha}")
+    # Runs scored before score.rank_by existed chose best concepts by AUC.
+    rank_a, rank_b = (_config_section(info, "score").get("rank_by", "auc") if info else None
+                      for info in (info_a, info_b))
+    if rank_a and rank_b and rank_a != rank_b:
+        notes.append(f"the runs chose best concepts by different metrics ({rank_a} vs {rank_b}): changed labels "
+                     f"include that change; rescore run A with `neuronscan score --run A --set "
+                     f"score.rank_by={rank_b}` to compare like with like")
     if min_auc is None:
         min_auc = _number(_config_section(info_b, "score").get("min_auc"),
                           _config_section(info_a, "score").get("min_auc"))

@@ -231,3 +231,15 @@ def test_n_significant_means_what_neurons_parquet_means(runs):
     strict = diff_runs(str(a), str(b), min_auc=0.99).units  # min_auc moves the aligned bar only
     assert (strict["n_aligned_b"] == 0).all() and (strict["n_significant_b"] == units["n_significant_b"].values).all()
     assert units["n_significant_b"].sum() > 0
+
+
+def test_runs_that_ranked_best_concepts_by_different_metrics_are_noted(tmp_path, runs):
+    _, _, aucs = runs
+    old = {"score": {"alpha": 0.05, "min_auc": 0.75, "spurious_concepts": []}}  # before score.rank_by existed
+    new = {"score": {**old["score"], "rank_by": "correlation"}}
+    a = write_scored_run(tmp_path / "a", aucs, config=old)
+    b = write_scored_run(tmp_path / "b", aucs, config=new)
+    notes = diff_runs(str(a), str(b)).notes
+    assert any("different metrics (auc vs correlation)" in n and "score.rank_by=correlation" in n for n in notes)
+    same = write_scored_run(tmp_path / "c", aucs, config=new)
+    assert not any("different metrics" in n for n in diff_runs(str(b), str(same)).notes)
