@@ -120,18 +120,46 @@ def label_metrics(activations: object, labels: object, *, top_quantile: float = 
     n_pos = np.asarray(y.sum(axis=0)).ravel()
     scored = (n_pos > 0) & (n_pos < n_images)
 
+    corr = np.empty((n_units, n_concepts))
+    cosine = np.empty((n_units, n_concepts))
+    inter = np.empty((n_units, n_concepts))
+    top_size = np.empty(n_units, dtype=np.int64)
+    # Blocks of units small enough that their float64 copies stay near _BLOCK_BYTES (a shard of 32 units
+    # at 1.28M images would otherwise hold ~650 MiB of copies).
+    step = max(1, min(n_units, _BLOCK_BYTES // (16 * max(n_images, 1))))
+    for s in range(0, n_units, step):
+        e = min(n_units, s + step)
+        corr[s:e], cosine[s:e], inter[s:e], top_size[s:e] = _block(a[:, s:e], y, n_pos, top_quantile)
+    t = top_size[:, None].astype(np.float64)
+    n = n_pos[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = 2 * inter / (t + n)
+        iou = inter / (t + n - inter)
+    out = {"f1": f1, "iou": iou, "correlation": corr, "cosine": cosine}
+    for key in METRIC_KEYS:
+        out[key] = np.where(scored[None, :], out[key], np.nan)
+    out["top_size"] = top_size
+    return out
+
+
+_BLOCK_BYTES = 64 << 20
+
+
+def _block(a: np.ndarray, y: sp.csr_matrix, n_pos: np.ndarray, top_quantile: float) -> tuple:
+    """Correlation, cosine, top-set overlap ``(K, C)`` and top-set sizes ``(K,)`` of a block of units."""
+    n_images, n_units = a.shape
+    n_concepts = y.shape[1]
     x, xc, mean, sxx = _unit_major(a)
     norm = np.sqrt(np.array([x[k] @ x[k] for k in range(n_units)]))
-    centred_sums = np.asarray(y.T @ xc.T)  # (n_concepts, n_units): sum over each concept of x - mean
-    pos_sums = centred_sums + n_pos[:, None] * mean[None, :]
-
+    centred_sums = np.asarray(y.T @ xc.T).T  # (K, C): sum over each concept of x - mean
+    del xc
+    pos_sums = centred_sums + mean[:, None] * n_pos[None, :]
     p = n_pos / n_images
     with np.errstate(divide="ignore", invalid="ignore"):
-        corr = (centred_sums / n_images) / np.sqrt(np.outer(p * (1 - p), sxx / n_images))
-        corr = np.where(np.outer(np.ones(n_concepts), sxx) > 0, corr, np.nan)
-        cosine = pos_sums / np.outer(np.sqrt(n_pos), norm)
-        cosine = np.where(np.outer(n_pos > 0, norm > 0), cosine, np.nan)
-
+        corr = (centred_sums / n_images) / np.sqrt(np.outer(sxx / n_images, p * (1 - p)))
+        corr = np.where((sxx > 0)[:, None], corr, np.nan)
+        cosine = pos_sums / np.outer(norm, np.sqrt(n_pos))
+        cosine = np.where(np.outer(norm > 0, n_pos > 0), cosine, np.nan)
     # Top sets and their overlap with each concept, from the label rows of the top images.
     top_size = np.empty(n_units, dtype=np.int64)
     inter = np.empty((n_units, n_concepts), dtype=np.float64)
@@ -147,13 +175,4 @@ def label_metrics(activations: object, labels: object, *, top_quantile: float = 
         offsets = np.cumsum(lens) - lens
         within = np.arange(total, dtype=np.int64) - np.repeat(offsets, lens)
         inter[k] = np.bincount(indices[np.repeat(starts, lens) + within], minlength=n_concepts)
-    t = top_size[:, None].astype(np.float64)
-    n = n_pos[None, :]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f1 = 2 * inter / (t + n)
-        iou = inter / (t + n - inter)
-    out = {"f1": f1, "iou": iou, "correlation": corr.T, "cosine": cosine.T}
-    for key in METRIC_KEYS:
-        out[key] = np.where(scored[None, :], out[key], np.nan)
-    out["top_size"] = top_size
-    return out
+    return corr, cosine, inter, top_size

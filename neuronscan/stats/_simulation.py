@@ -125,17 +125,6 @@ def simulation_scores(
     npos_fit = np.asarray(y_fit.sum(axis=0)).ravel()
     npos_held = np.asarray(y_held.sum(axis=0)).ravel()
 
-    x = np.empty((n_units, n_images), dtype=np.float64)
-    for k in range(n_units):
-        x[k] = _finite_values(np.asarray(a[:, k], dtype=np.float64))
-    xf, xh = x[:, fit], x[:, held]
-    _, xf_c, _, sxx_f = _unit_major(xf.T)
-    _, xh_c, _, sxx_h = _unit_major(xh.T)
-    sums_f = np.asarray(y_fit.T @ xf_c.T)  # (C, K)
-    sums_h = np.asarray(y_held.T @ xh_c.T)
-    corr_f = _corr_from_sums(sums_f, npos_fit, n_fit, sxx_f)
-    corr_h = _corr_from_sums(sums_h, npos_held, n_held, sxx_h)
-
     out = {
         "concept": np.full(n_units, -1, dtype=np.int64),
         "concept_corr": np.full(n_units, np.nan),
@@ -148,30 +137,50 @@ def simulation_scores(
         "n_holdout": n_held,
     }
     m_cand = min(int(n_candidates), n_concepts)
-    for k in range(n_units):
-        if formula_masks is not None and formula_masks[k] is not None:
-            out["formula_corr"][k] = _pearson(np.asarray(formula_masks[k], dtype=np.float64)[held], xh[k])
-        rf = corr_f[:, k]
-        if not np.isfinite(rf).any() or m_cand == 0:
-            continue
-        best = int(np.nanargmax(rf))
-        out["concept"][k] = best
-        out["concept_corr"][k] = corr_h[best, k]
-        cand = np.argsort(-np.nan_to_num(np.abs(rf), nan=-1.0), kind="stable")[:m_cand]
-        cand = cand[np.isfinite(rf[cand])]
-        terms, w = _forward_stepwise(y_fit_csc[:, cand], npos_fit[cand], sums_f[cand, k], sxx_f[k],
-                                                n_fit, max_terms, min_gain)
-        if not terms:
-            continue
-        chosen = cand[terms]
-        mean_f = xf[k].mean()
-        intercept = mean_f - float(w @ (npos_fit[chosen] / n_fit))
-        pred = intercept + np.asarray(y_held[:, chosen] @ w).ravel()
-        out["linear_corr"][k] = _pearson(pred, xh[k])
-        out["linear_terms"][k] = [int(c) for c in chosen]
-        out["linear_weights"][k] = [float(v) for v in w]
-        out["linear_intercept"][k] = intercept
+    # Blocks of units whose float64 copies stay near _BLOCK_BYTES; every statistic is per unit, so the
+    # blocks change no bit.
+    step = max(1, min(n_units, _BLOCK_BYTES // (24 * max(n_images, 1))))
+    for first in range(0, n_units, step):
+        block = a[:, first : first + step]
+        x = np.empty((block.shape[1], n_images), dtype=np.float64)
+        for j in range(block.shape[1]):
+            x[j] = _finite_values(np.asarray(block[:, j], dtype=np.float64))
+        xf, xh = x[:, fit], x[:, held]
+        del x
+        _, xf_c, _, sxx_f = _unit_major(xf.T)
+        _, xh_c, _, sxx_h = _unit_major(xh.T)
+        sums_f = np.asarray(y_fit.T @ xf_c.T)  # (C, block)
+        sums_h = np.asarray(y_held.T @ xh_c.T)
+        del xf_c, xh_c
+        corr_f = _corr_from_sums(sums_f, npos_fit, n_fit, sxx_f)
+        corr_h = _corr_from_sums(sums_h, npos_held, n_held, sxx_h)
+        for j in range(block.shape[1]):
+            k = first + j
+            if formula_masks is not None and formula_masks[k] is not None:
+                out["formula_corr"][k] = _pearson(np.asarray(formula_masks[k], dtype=np.float64)[held], xh[j])
+            rf = corr_f[:, j]
+            if not np.isfinite(rf).any() or m_cand == 0:
+                continue
+            best = int(np.nanargmax(rf))
+            out["concept"][k] = best
+            out["concept_corr"][k] = corr_h[best, j]
+            cand = np.argsort(-np.nan_to_num(np.abs(rf), nan=-1.0), kind="stable")[:m_cand]
+            cand = cand[np.isfinite(rf[cand])]
+            terms, w = _forward_stepwise(y_fit_csc[:, cand], npos_fit[cand], sums_f[cand, j], sxx_f[j],
+                                         n_fit, max_terms, min_gain)
+            if not terms:
+                continue
+            chosen = cand[terms]
+            intercept = xf[j].mean() - float(w @ (npos_fit[chosen] / n_fit))
+            pred = intercept + np.asarray(y_held[:, chosen] @ w).ravel()
+            out["linear_corr"][k] = _pearson(pred, xh[j])
+            out["linear_terms"][k] = [int(c) for c in chosen]
+            out["linear_weights"][k] = [float(v) for v in w]
+            out["linear_intercept"][k] = intercept
     return out
+
+
+_BLOCK_BYTES = 64 << 20
 
 
 def _forward_stepwise(

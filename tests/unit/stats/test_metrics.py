@@ -101,3 +101,16 @@ def test_bad_arguments_are_refused():
         label_metrics(np.zeros((4, 1)), np.zeros((4, 1), bool), top_quantile=0.0)
     with pytest.raises(ValueError, match=r"labels must have shape \(4, n_concepts\)"):
         label_metrics(np.zeros((4, 1)), np.zeros((5, 1), bool))
+
+
+def test_blocks_of_units_change_no_bit(monkeypatch):
+    from neuronscan.stats import _metrics
+
+    rng = np.random.default_rng(6)
+    a = tied_activations(rng, 700, 9, 1)
+    y = rng.random((700, 5)) < 0.2
+    whole = label_metrics(a, y, top_quantile=0.02)
+    monkeypatch.setattr(_metrics, "_BLOCK_BYTES", 1)
+    blocks = label_metrics(a, y, top_quantile=0.02)
+    for key in ("f1", "iou", "correlation", "cosine", "top_size"):
+        np.testing.assert_array_equal(blocks[key], whole[key], err_msg=key)

@@ -103,3 +103,20 @@ def test_the_split_depends_on_the_image_id_and_seed_only():
     assert (holdout_mask(ids, 0.2, seed=4) != m).mean() > 0.2
     with pytest.raises(ValueError, match="holdout"):
         holdout_mask(ids, 1.0)
+
+
+def test_blocks_of_units_change_no_bit(monkeypatch):
+    """Units are processed in memory-bounded blocks; a block of one unit gives the same bits."""
+    from neuronscan.stats import _simulation
+
+    rng = np.random.default_rng(5)
+    y = rng.random((1500, 7)) < 0.2
+    a = np.round(y @ rng.normal(size=(7, 5)) + rng.normal(size=(1500, 5)), 1)
+    ids = np.arange(1500)
+    masks = [y[:, 0] | y[:, 1]] * 5
+    whole = simulation_scores(a, y, ids, formula_masks=masks)
+    monkeypatch.setattr(_simulation, "_BLOCK_BYTES", 1)
+    blocks = simulation_scores(a, y, ids, formula_masks=masks)
+    for key in ("concept", "concept_corr", "linear_corr", "formula_corr", "linear_intercept"):
+        np.testing.assert_array_equal(blocks[key], whole[key], err_msg=key)
+    assert blocks["linear_terms"] == whole["linear_terms"] and blocks["linear_weights"] == whole["linear_weights"]
