@@ -8,7 +8,8 @@ Then runs the real command line in a child process, once per repeat and mode:
 
 - ``defaults``: ``python -m neuronscan score --activations … --labels … --out …`` (permutation tests and
   exact compositional labels on);
-- ``bare``: the same with ``--set score.n_perm=0 --set score.compositional.enabled=false``.
+- ``bare``: the same with ``--set score.n_perm=0 --set score.compositional.enabled=false``;
+- ``kernels``: bare and ``--set score.simulation.enabled=false`` (``--modes defaults,bare,kernels``).
 
 The wall time is the child's, from ``exec`` to exit (Python start-up and imports included). The phase
 breakdown is the one the command writes to ``OUT/score.json`` (``timings``); ``exit_s`` is what follows it
@@ -50,6 +51,9 @@ from neuronscan.io import RunDir, activation_schema, write_parquet_atomic  # noq
 MODES = {
     "defaults": [],
     "bare": ["--set", "score.n_perm=0", "--set", "score.compositional.enabled=false"],
+    # bare without the simulation scores either: the pair kernels, quality metrics and the dataflow alone
+    "kernels": ["--set", "score.n_perm=0", "--set", "score.compositional.enabled=false",
+                "--set", "score.simulation.enabled=false"],
 }
 LAYER = "layer4:mean"
 
@@ -206,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows-per-part", type=int, default=32_768)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--modes", default="defaults,bare", help="comma-separated: defaults, bare")
+    p.add_argument("--modes", default="defaults,bare", help="comma-separated: defaults, bare, kernels")
     p.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "neuronscan-score-cli")
     p.add_argument("--baseline-root", type=Path, default=None,
                    help="also run the command line of another checkout (e.g. `git archive <commit>` unpacked), "
