@@ -1,4 +1,5 @@
-"""A whole audit: probe → score → report, with run.json, under the run registry ``ROOT/<model>/<run_id>/``."""
+"""A whole audit: probe → score → hierarchy → spatial (each when enabled) → report, with run.json, under the run
+registry ``ROOT/<model>/<run_id>/``."""
 
 from __future__ import annotations
 
@@ -184,6 +185,10 @@ def _run_stages(cfg: RunConfig, run: RunDir, plan, stages, *, report: bool, quie
             from pipelines.hierarchy import hierarchy_run
 
             hierarchy_run(cfg, run, quiet=quiet, address=cfg.ray.address)
+        if cfg.hierarchy.spatial.enabled:
+            from pipelines.hierarchy_spatial import run_spatial
+
+            run_spatial(run, cfg, cfg.hierarchy.spatial, quiet=quiet, lock_token=lock_token)
     if report and "score" in stages:
         report_run(run)
     final = run.update_info({"status": "complete", "finished": _now(), "error": None})

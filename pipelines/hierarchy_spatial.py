@@ -13,11 +13,17 @@ arrays. The driver writes, with the atomic writer:
 - ``localisation.parquet`` — concept, depth, layer, n_images, mean_iou, frac_iou_50;
 - ``spatial.json`` — the settings, and per task its counts, classifier accuracy, skip reason and seconds.
 
-Entry point: `run_spatial` (not yet wired into the CLI).
+``run.json`` gets ``spatial`` (counts and ``finished``), ``timings.spatial_s`` and ``timings.spatial_phases``,
+and ``config.hierarchy.spatial`` (the settings it ran with).
+
+Entry point: `run_spatial` (``pipelines.run_spatial``), with the run config's ``hierarchy.spatial`` section:
+``neuronscan run`` calls it after the hierarchy stage when ``hierarchy.spatial.enabled``, and
+``neuronscan hierarchy RUN --spatial`` on a probed and scored run.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import os
 import sys
@@ -43,7 +49,8 @@ from neuronscan.hierarchy._spatial import (
 )
 from neuronscan.io import RunDir, read_parquet, write_json_atomic, write_parquet_atomic
 
-__all__ = ["SpatialActor", "SpatialSection", "SpatialSummary", "plan_spatial", "read_boxes", "run_spatial"]
+__all__ = ["SpatialActor", "SpatialSection", "SpatialSummary", "localisation_by_level", "plan_spatial", "read_boxes",
+           "run_spatial"]
 
 log = logging.getLogger("neuronscan")
 
@@ -61,11 +68,32 @@ class SpatialSummary:
     task_seconds: list[float]
     files: dict[str, str]
     localisation: pd.DataFrame = field(repr=False, default=None)
+    counts: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
 
     @property
     def seconds_per_concept(self) -> float:
         """Mean actor seconds of one (concept, layer) task: decode, saliency, classifier, localisation."""
         return float(np.mean(self.task_seconds)) if self.task_seconds else float("nan")
+
+    def by_level(self) -> pd.DataFrame:
+        """Localisation per layer and level (depth): the mean over concepts with boxes of ``mean_iou`` and
+        ``frac_iou_50``, and how many concepts that is (`localisation_by_level`)."""
+        return localisation_by_level(self.localisation)
+
+
+def localisation_by_level(loc: pd.DataFrame | None) -> pd.DataFrame:
+    """``localisation.parquet`` per ``(layer, depth)``: ``concepts`` (with at least one localised image),
+    ``mean_iou`` and ``frac_iou_50`` (means over those concepts, each concept weighted alike)."""
+    cols = ["layer", "depth", "concepts", "mean_iou", "frac_iou_50"]
+    if loc is None or not len(loc):
+        return pd.DataFrame(columns=cols)
+    done = loc[pd.to_numeric(loc["n_images"], errors="coerce").fillna(0) > 0]
+    if not len(done):
+        return pd.DataFrame(columns=cols)
+    out = done.groupby(["layer", "depth"], sort=False).agg(
+        concepts=("concept", "size"), mean_iou=("mean_iou", "mean"), frac_iou_50=("frac_iou_50", "mean"))
+    return out.reset_index().sort_values(["layer", "depth"], kind="stable").reset_index(drop=True)[cols]
 
 
 def _concept_seed(seed: int, concept: str, layer: str = "") -> list[int]:
@@ -444,24 +472,25 @@ def _tables(plan: SpatialPlan, results: list[dict]) -> tuple[pa.Table, pa.Table]
                                  preserve_index=False))
 
 
-def run_spatial(run_dir: str, cfg=None, spatial: SpatialSection | dict | None = None, *, quiet: bool = False,
-                lock_token: str | None = None) -> SpatialSummary:
+def run_spatial(run_dir: str | RunDir, cfg=None, spatial: SpatialSection | dict | None = None, *,
+                quiet: bool = False, lock_token: str | None = None, address: str | None = None) -> SpatialSummary:
     """Run the spatial (HINT) method on a probed run and write its tables into the run directory.
 
     Args:
         run_dir: a probed run (``images.parquet``, ``labels.parquet``; ``hierarchy.parquet`` when it has one).
         cfg: the run's `RunConfig` (or its dict); default: the config recorded in the run's ``run.json``.
-        spatial: the method's settings (`SpatialSection` or a dict of its keys); default: ``cfg.spatial`` when
-            the run config has such a section, else the defaults.
+        spatial: the method's settings (`SpatialSection` or a dict of its keys); default: the config's
+            ``hierarchy.spatial`` section (its ``enabled`` switch is for ``neuronscan run`` and is not read here).
         lock_token: the token of a `RunLock` the caller holds on ``run_dir``; without one the stage takes the
             lock for its duration.
+        address: the Ray cluster to join when no Ray is running; default: ``cfg.ray.address``.
 
     Returns:
         A `SpatialSummary`; ``summary.seconds_per_concept`` is the measured cost of one (concept, layer).
     """
     from neuronscan.config import RunConfig, config_from_dict
 
-    run = RunDir(run_dir)
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     if cfg is None:
         info = run.read_info() or {}
         if "config" not in info:
@@ -472,18 +501,20 @@ def run_spatial(run_dir: str, cfg=None, spatial: SpatialSection | dict | None = 
     if not isinstance(cfg, RunConfig):
         cfg = config_from_dict(cfg)
     if spatial is None:
-        spatial = getattr(cfg, "spatial", None) or SpatialSection()
+        spatial = cfg.hierarchy.spatial
     elif isinstance(spatial, dict):
         spatial = SpatialSection.model_validate(spatial)
+    address = address or cfg.ray.address
     if lock_token is None:
         from neuronscan.io import RunLock
 
-        with RunLock(run_dir, command="neuronscan hierarchy spatial") as lock:
-            return _run_spatial(run, cfg, spatial, quiet=quiet, lock_token=lock.holder["token"])
-    return _run_spatial(run, cfg, spatial, quiet=quiet, lock_token=lock_token)
+        with RunLock(run.root, command="neuronscan hierarchy --spatial") as lock:
+            return _run_spatial(run, cfg, spatial, quiet=quiet, lock_token=lock.holder["token"], address=address)
+    return _run_spatial(run, cfg, spatial, quiet=quiet, lock_token=lock_token, address=address)
 
 
-def _run_spatial(run: RunDir, cfg, spatial: SpatialSection, *, quiet: bool, lock_token: str) -> SpatialSummary:
+def _run_spatial(run: RunDir, cfg, spatial: SpatialSection, *, quiet: bool, lock_token: str,
+                 address: str | None) -> SpatialSummary:
     import ray
     from ray.util import ActorPool
 
@@ -497,7 +528,7 @@ def _run_spatial(run: RunDir, cfg, spatial: SpatialSection, *, quiet: bool, lock
         f"saliency {spatial.saliency} at the {spatial.saliency_at}, boxes {plan.boxes_path or 'none'}")
     t_planned = time.perf_counter()
     if not ray.is_initialized():
-        init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory)
+        init_ray(address, num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory)
     t_ray = time.perf_counter()
     actor_cls = ray.remote(num_cpus=spatial.cpus_per_actor, num_gpus=spatial.num_gpus)(SpatialActor)
     n_actors = max(1, min(spatial.num_actors, len(plan.tasks)))
@@ -530,18 +561,47 @@ def _run_spatial(run: RunDir, cfg, spatial: SpatialSection, *, quiet: bool, lock
     task_seconds = [float(r["seconds"]) for r in results]
     seconds = time.perf_counter() - t0
     skipped = [r for r in results if r.get("skipped")]
+    settings = spatial.model_dump(mode="json")
+    timings = {"seconds": round(seconds, 3), "plan_s": round(t_planned - t0, 3),
+               "ray_start_s": round(t_ray - t_planned, 3), "tasks_s": round(t_tasks - t_ray, 3),
+               "task_seconds_mean": round(float(np.mean(task_seconds)), 4) if task_seconds else None,
+               "task_seconds_sum": round(float(np.sum(task_seconds)), 3)}
+    loc_frame = loc.to_pandas()
+    localised = loc_frame[loc_frame["n_images"] > 0]
+    counts = {
+        "concepts": len(plan.concepts), "layers": list(plan.layers), "tasks": len(plan.tasks),
+        "tasks_skipped": len(skipped), "tasks_localised": int(len(localised)),
+        "eval_images": int(localised["n_images"].sum()), "concept_spatial_rows": ranks.num_rows,
+        "mean_iou": round(float(localised["mean_iou"].mean()), 4) if len(localised) else None,
+        "frac_iou_50": round(float(localised["frac_iou_50"].mean()), 4) if len(localised) else None,
+        "boxes": plan.boxes_path, "actors": n_actors,
+    }
+    finished = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     write_json_atomic({
-        "settings": spatial.model_dump(mode="json"),
+        "settings": settings,
         "layers": plan.layers, "n_concepts": len(plan.concepts), "n_tasks": len(plan.tasks),
         "boxes": plan.boxes_path, "output_concepts": len(plan.outputs), "actors": n_actors,
-        "timings": {"seconds": round(seconds, 3), "plan_s": round(t_planned - t0, 3),
-                    "ray_start_s": round(t_ray - t_planned, 3), "tasks_s": round(t_tasks - t_ray, 3),
-                    "task_seconds_mean": round(float(np.mean(task_seconds)), 4) if task_seconds else None,
-                    "task_seconds_sum": round(float(np.sum(task_seconds)), 3)},
+        "timings": timings,
+        "finished": finished,
         "tasks": [{k: v for k, v in r.items() if k not in ("order", "weight", "shapley", "ious")}
                   for r in sorted(results, key=lambda r: (r["layer"], r["concept"]))],
     }, files["summary"])
+    # run.json, as the hierarchy stage records itself: counts, seconds, and the settings it ran with (the rest of
+    # config.hierarchy as recorded, since dict values merge only one level deep).
+    # A directory without run.json (a probe run from Python) gets none.
+    info = run.read_info()
+    if info:
+        recorded = info.get("config")
+        hierarchy_cfg = recorded.get("hierarchy") if isinstance(recorded, dict) else None
+        if not isinstance(hierarchy_cfg, dict):
+            hierarchy_cfg = cfg.hierarchy.model_dump(mode="json")
+        run.update_info({
+            "spatial": {**counts, "finished": finished},
+            "timings": {"spatial_s": round(seconds, 3),
+                        "spatial_phases": {k: v for k, v in timings.items() if k != "seconds"}},
+            "config": {"hierarchy": {**hierarchy_cfg, "spatial": settings}},
+        })
     say(f"spatial: {len(results)} tasks ({len(skipped)} skipped) in {seconds:.1f} s; "
         f"{np.mean(task_seconds) if task_seconds else float('nan'):.2f} s per (concept, layer) on the actors")
     return SpatialSummary(str(run), plan.layers, len(plan.concepts), len(plan.tasks), len(skipped), seconds,
-                          task_seconds, files, loc.to_pandas())
+                          task_seconds, files, loc_frame, counts, timings)

@@ -49,7 +49,7 @@ def add_parsers(sub) -> dict:
 
     p = sub.add_parser("validate", help="check a config; list every problem at once", formatter_class=FORMATTER,
                        description="Validate a YAML run config (and its overrides) without running anything. "
-                       "Sections: run, data, model, probe, score, diff, ray.",
+                       "Sections: run, data, model, probe, score, diff, hierarchy (with hierarchy.spatial), ray.",
                        epilog=examples("neuronscan validate configs/demo.yaml",
                                         "neuronscan validate configs/demo.yaml --set probe.batch_size=0"))
     p.add_argument("config")

@@ -34,6 +34,7 @@ __all__ = [
     "RaySection",
     "DiffSection",
     "HierarchySection",
+    "SpatialSection",
 ]
 
 
@@ -297,11 +298,59 @@ class DiffSection(_Section):
     fail_on_spurious: Bool = True
 
 
+class SpatialSection(_Section):
+    """HINT's spatial method (``hierarchy.spatial``): saliency-defined responsible regions of each concept, a
+    position-level concept classifier, its Shapley channel ranking, and localisation IoU against ground-truth
+    boxes. With ``enabled``, ``neuronscan run`` runs it after the hierarchy stage (``neuronscan hierarchy RUN
+    --spatial`` on its own); ``pipelines.run_spatial`` takes the section directly. See docs/algorithms.md
+    ("Spatial concepts")."""
+
+    enabled: Bool = Field(False, description="Run the method in `neuronscan run` (after the hierarchy stage).")
+    layers: list[str] | None = Field(
+        None, min_length=1, description="Conv layers (exact names); default: the run's model.layers.")
+    concepts: list[str] | None = Field(
+        None, min_length=1, description="Concepts to analyse; default: every concept with a positive ok image.")
+    per_leaf: Int = Field(20, ge=1, description="Images sampled per leaf class under the concept (HINT: 20).")
+    max_images: Int = Field(233, ge=1, description="Images per concept at most (HINT: 233).")
+    eval_images: Int = Field(
+        50, ge=0, description="Held-out images per concept (with boxes) for localisation; 0 turns it off.")
+    seed: Int = Field(0, ge=0, description="Seeds the image samples, position subsampling and the SGD fit.")
+    saliency: Literal["guided_backprop", "vanilla", "grad_x_input", "smoothgrad", "integrated_gradients"] = Field(
+        "guided_backprop", description="Saliency method (guided_backprop needs nn.ReLU modules).")
+    saliency_at: Literal["input", "layer"] = Field(
+        "input", description="Gradients w.r.t. the model input (averaged to the grid) or the layer's map (HINT).")
+    smoothgrad_samples: Int = Field(25, ge=1)
+    smoothgrad_sigma: Float = Field(0.15, gt=0, description="Noise std as a fraction of each input's value range.")
+    ig_steps: Int = Field(25, ge=1, description="Integrated-gradients steps (midpoint rule, zero baseline).")
+    threshold: Float = Field(0.5, gt=0, lt=1, description="Normalised saliency above it is a responsible region.")
+    norm_quantile: Float = Field(0.99, gt=0, le=1, description="Saliency is scaled so this quantile maps to 1.")
+    max_positions: Int = Field(20_000, ge=10, description="Positions per class at most for the classifier.")
+    val_fraction: Float = Field(0.2, ge=0, lt=1, description="Positions held out to report the classifier's accuracy.")
+    sgd_alpha: Float = Field(0.01, gt=0, description="SGDClassifier alpha (HINT: 0.01).")
+    sgd_max_iter: Int = Field(1000, ge=1)
+    loc_threshold: Float = Field(0.5, gt=0, lt=1, description="Classifier probability that marks the concept.")
+    loc_box: Literal["largest_component", "all"] = Field(
+        "largest_component", description="Box of the largest 8-connected component, or of every marked pixel.")
+    output_concepts: Literal["auto", "none"] | list[str] = Field(
+        "auto", description="Names of the model's outputs, in order ('auto': shapesnet's heads, torchvision "
+        "categories); a concept named there is saliency'd through its own logit.")
+    boxes: str | None = Field(
+        None, description="Parquet of ground-truth boxes (image_id, concept, x0, y0, x1, y1 [, width, height]) in "
+        "the run's concept names; default: a shapes world's boxes.parquet. Without boxes no localisation.")
+    batch_size: Int = Field(64, ge=1, description="Images per forward/backward pass.")
+    num_actors: Int = Field(1, ge=1, description="Ray actors (one model copy each); concepts are spread over them.")
+    num_gpus: Float = Field(0.0, ge=0, description="GPUs per actor; 0 runs on CPU. Never assumed.")
+    cpus_per_actor: Float = Field(1.0, gt=0, description="CPUs reserved per actor (fractions allowed).")
+    torch_threads: Int | None = Field(None, ge=1, description="torch intra-op threads per actor; default: all cores.")
+
+
 class HierarchySection(_Section):
     """The hierarchy stage: collaborative units per concept at every level, and multimodal units per level.
 
     ``neuronscan hierarchy RUN`` runs it on a scored run; with ``enabled``, ``neuronscan run`` runs it after
-    the score stage. See docs/algorithms.md ("Collaborative units").
+    the score stage. See docs/algorithms.md ("Collaborative units"). ``spatial`` is HINT's spatial method, with
+    its own switch (``spatial.enabled``: ``neuronscan run`` runs it after this stage, or after score when this
+    one is off).
     """
 
     enabled: Bool = Field(False, description="Run the stage after score in `neuronscan run`.")
@@ -338,6 +387,10 @@ class HierarchySection(_Section):
     )
     multimodal_max_pairs: Int = Field(
         20, ge=1, description="Pairs recorded per multimodal unit (those with the highest AUCs); all are counted."
+    )
+    spatial: SpatialSection = Field(
+        default_factory=SpatialSection, description="HINT's spatial method (responsible regions, channel "
+        "ranking, localisation IoU); off unless spatial.enabled."
     )
 
     @model_validator(mode="after")

@@ -12,10 +12,10 @@ Numbers in, numbers out (numpy; no Ray, no I/O): the hierarchy stage (``pipeline
 - ``_schemas.py``: the files the stage writes and their Arrow schemas.
 - `analyse_concept`, `saliency_maps`, `box_iou` (``_spatial.py``): HINT's spatial method — saliency-defined
   responsible regions, a position-level concept classifier, Shapley channel ranking and localisation IoU
-  (run by ``pipelines/hierarchy_spatial.py``, ``run_spatial``).
+  (run by ``pipelines/hierarchy_spatial.py``, ``run_spatial``, with the settings of the run config's
+  ``hierarchy.spatial``, `SpatialSection`); the files it writes and their schemas.
 
-Other ways of finding a concept's units (e.g. a spatial, saliency-based one) sit beside ``_collab.py`` as
-modules of their own and write their own tables.
+The report imports the file names and schemas from here to find the tables in a run directory.
 """
 
 from neuronscan.hierarchy._collab import (
@@ -43,6 +43,7 @@ from neuronscan.hierarchy._spatial import (
     CONCEPT_SPATIAL_SCHEMA,
     LOCALISATION_FILE,
     LOCALISATION_SCHEMA,
+    SPATIAL_SUMMARY_FILE,
     SpatialSection,
     analyse_concept,
     box_iou,
@@ -77,6 +78,7 @@ __all__ = [
     "CONCEPT_SPATIAL_SCHEMA",
     "LOCALISATION_FILE",
     "LOCALISATION_SCHEMA",
+    "SPATIAL_SUMMARY_FILE",
     "SpatialSection",
     "analyse_concept",
     "box_iou",

@@ -25,7 +25,8 @@ For one concept and one conv layer with feature map ``F (C, h, w)`` per image:
 
 Everything but the saliency (`saliency_maps`, `guided_backprop`: torch) is numpy and scikit-learn, so the
 method is tested on planted feature maps without a model. ``pipelines/hierarchy_spatial.py`` runs it over
-concepts on Ray actors and writes ``concept_spatial.parquet`` and ``localisation.parquet``.
+concepts on Ray actors and writes ``concept_spatial.parquet`` and ``localisation.parquet``. Its settings are
+`SpatialSection`, the run config's ``hierarchy.spatial`` (defined in ``neuronscan/config/_schema.py``).
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ import contextlib
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Annotated, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict
+
+# The settings are the run config's ``hierarchy.spatial`` section (config imports nothing of this package).
+from neuronscan.config._schema import SpatialSection
 
 # Exact Shapley values of a linear model with independent features, phi_c = w_c (x_c - E[x_c]): one
 # implementation for the package (the collaborative units use it too).
@@ -76,9 +78,6 @@ __all__ = [
     "target_outputs",
 ]
 
-Int = Annotated[int, Strict()]
-Float = Annotated[float, Strict(), AllowInfNan(False)]
-
 SALIENCY_METHODS = ("guided_backprop", "vanilla", "grad_x_input", "smoothgrad", "integrated_gradients")
 
 CONCEPT_SPATIAL_FILE = "concept_spatial.parquet"
@@ -112,49 +111,6 @@ LOCALISATION_SCHEMA = pa.schema(
 
 BOX_COLUMNS = ("image_id", "concept", "x0", "y0", "x1", "y1")
 """Required columns of a boxes file (``width``, ``height`` and a mask are optional)."""
-
-
-class SpatialSection(BaseModel):
-    """Settings of the spatial (HINT) method. Not yet a section of the run config: pass it to ``run_spatial``."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    layers: list[str] | None = Field(
-        None, min_length=1, description="Conv layers (exact names); default: the run's model.layers.")
-    concepts: list[str] | None = Field(
-        None, min_length=1, description="Concepts to analyse; default: every concept with a positive ok image.")
-    per_leaf: Int = Field(20, ge=1, description="Images sampled per leaf class under the concept (HINT: 20).")
-    max_images: Int = Field(233, ge=1, description="Images per concept at most (HINT: 233).")
-    eval_images: Int = Field(
-        50, ge=0, description="Held-out images per concept (with boxes) for localisation; 0 turns it off.")
-    seed: Int = Field(0, ge=0, description="Seeds the image samples, position subsampling and the SGD fit.")
-    saliency: Literal["guided_backprop", "vanilla", "grad_x_input", "smoothgrad", "integrated_gradients"] = Field(
-        "guided_backprop", description="Saliency method (guided_backprop needs nn.ReLU modules).")
-    saliency_at: Literal["input", "layer"] = Field(
-        "input", description="Gradients w.r.t. the model input (averaged to the grid) or the layer's map (HINT).")
-    smoothgrad_samples: Int = Field(25, ge=1)
-    smoothgrad_sigma: Float = Field(0.15, gt=0, description="Noise std as a fraction of each input's value range.")
-    ig_steps: Int = Field(25, ge=1, description="Integrated-gradients steps (midpoint rule, zero baseline).")
-    threshold: Float = Field(0.5, gt=0, lt=1, description="Normalised saliency above it is a responsible region.")
-    norm_quantile: Float = Field(0.99, gt=0, le=1, description="Saliency is scaled so this quantile maps to 1.")
-    max_positions: Int = Field(20_000, ge=10, description="Positions per class at most for the classifier.")
-    val_fraction: Float = Field(0.2, ge=0, lt=1, description="Positions held out to report the classifier's accuracy.")
-    sgd_alpha: Float = Field(0.01, gt=0, description="SGDClassifier alpha (HINT: 0.01).")
-    sgd_max_iter: Int = Field(1000, ge=1)
-    loc_threshold: Float = Field(0.5, gt=0, lt=1, description="Classifier probability that marks the concept.")
-    loc_box: Literal["largest_component", "all"] = Field(
-        "largest_component", description="Box of the largest 8-connected component, or of every marked pixel.")
-    output_concepts: Literal["auto", "none"] | list[str] = Field(
-        "auto", description="Names of the model's outputs, in order ('auto': shapesnet's heads, torchvision "
-        "categories); a concept named there is saliency'd through its own logit.")
-    boxes: str | None = Field(
-        None, description="Parquet of ground-truth boxes (image_id, concept, x0, y0, x1, y1 [, width, height]); "
-        "default: a shapes world's boxes.parquet.")
-    batch_size: Int = Field(64, ge=1, description="Images per forward/backward pass.")
-    num_actors: Int = Field(1, ge=1, description="Ray actors (one model copy each); concepts are spread over them.")
-    num_gpus: Float = Field(0.0, ge=0, description="GPUs per actor; 0 runs on CPU. Never assumed.")
-    cpus_per_actor: Float = Field(1.0, gt=0, description="CPUs reserved per actor (fractions allowed).")
-    torch_threads: Int | None = Field(None, ge=1, description="torch intra-op threads per actor; default: all cores.")
 
 
 # --- boxes and IoU ---------------------------------------------------------------------------------------

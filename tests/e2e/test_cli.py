@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SUBCOMMANDS = ["run", "probe", "score", "validate", "layers", "models", "report", "diff", "runs", "submit", "status",
-               "logs"]
+SUBCOMMANDS = ["run", "probe", "score", "validate", "hierarchy", "layers", "models", "report", "diff", "runs", "sanity",
+               "submit", "status", "logs"]
 
 
 def ns(*args, cwd=ROOT, timeout=420):

@@ -78,3 +78,44 @@ def test_the_command_has_help_with_an_example(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert "examples:" in out and "neuronscan hierarchy runs/" in out
+
+
+def test_the_spatial_subsection_is_off_by_default_and_checked():
+    from neuronscan.config._schema import SpatialSection
+    from neuronscan.hierarchy import SpatialSection as exported
+
+    assert exported is SpatialSection  # one definition: the run config's hierarchy.spatial
+    cfg = config_from_dict(_cfg(), "t")
+    assert cfg.hierarchy.spatial.enabled is False and cfg.hierarchy.spatial.saliency == "guided_backprop"
+    cfg = config_from_dict(_cfg(spatial={"enabled": True, "layers": ["conv4"], "per_leaf": 3}), "t")
+    assert cfg.hierarchy.spatial.enabled and cfg.hierarchy.spatial.layers == ["conv4"]
+    assert cfg.model_dump(mode="json")["hierarchy"]["spatial"]["per_leaf"] == 3
+    with pytest.raises(ConfigError, match="hierarchy.spatial.saliency"):
+        config_from_dict(_cfg(spatial={"saliency": "gradcam"}), "t")
+    with pytest.raises(ConfigError, match="did you mean 'per_leaf'"):
+        config_from_dict(_cfg(spatial={"per_leef": 3}), "t")
+    with pytest.raises(ConfigError, match="hierarchy.spatial.enabled"):
+        config_from_dict(_cfg(spatial={"enabled": "yes"}), "t")
+
+
+def test_localisation_by_level_averages_concepts_with_boxes():
+    from pipelines.hierarchy_spatial import localisation_by_level
+
+    loc = pd.DataFrame({"concept": ["a", "b", "bg", "a", "b"], "depth": [1, 1, 1, 1, 1],
+                        "layer": ["c3", "c3", "c3", "c4", "c4"], "n_images": [4, 2, 0, 4, 2],
+                        "mean_iou": [0.8, 0.6, np.nan, 0.5, 0.3], "frac_iou_50": [1.0, 0.5, np.nan, 0.5, 0.0]})
+    out = localisation_by_level(loc)
+    assert out[["layer", "depth", "concepts"]].values.tolist() == [["c3", 1, 2], ["c4", 1, 2]]
+    assert np.allclose(out["mean_iou"], [0.7, 0.4]) and np.allclose(out["frac_iou_50"], [0.75, 0.25])
+    assert localisation_by_level(loc[loc.n_images == 0]).empty and localisation_by_level(None).empty
+
+
+def test_the_pipelines_entry_names_both_stages_and_the_command_has_spatial(capsys):
+    import pipelines
+    from neuronscan.cli import main
+
+    assert {"hierarchy_run", "run_spatial"} <= set(pipelines.__all__)
+    with pytest.raises(SystemExit):
+        main(["hierarchy", "--help"])
+    out = capsys.readouterr().out
+    assert "--spatial" in out and "localisation.parquet" in out
