@@ -782,6 +782,17 @@ _RANK_COLUMN = {"auc": "auc", "auprc": "auprc", "f1": "f1", "iou": "iou", "corre
 """``score.rank_by`` → the assembled array that chooses each unit's best concept."""
 
 
+def _best_depth(best: list, concepts: list[str], depth: np.ndarray | None) -> np.ndarray:
+    """The hierarchy depth of each unit's best concept (int16; -1 without a hierarchy or a best concept)."""
+    out = np.full(len(best), -1, dtype=np.int16)
+    if depth is not None:
+        index = {c: i for i, c in enumerate(concepts)}
+        for k, name in enumerate(best):
+            if name is not None:
+                out[k] = depth[index[name]]
+    return out
+
+
 def _simulation_columns(sim: dict | None, concepts: list[str], n_units: int) -> dict:
     """The ``sim_*`` and ``linear_*`` columns of ``neurons.parquet`` (NaN / empty without simulation)."""
     if sim is None:
@@ -806,7 +817,8 @@ def _simulation_columns(sim: dict | None, concepts: list[str], n_units: int) -> 
 _ENCODED_PAIR_COLUMNS = ["layer", "unit", "concept", "n_pos", "n_neg", "n_perm", "depth"]
 
 
-def _unit_frame(layer: str, a: dict, concepts: list[str], text_concepts: list[str], score_cfg, anc) -> pd.DataFrame:
+def _unit_frame(layer: str, a: dict, concepts: list[str], text_concepts: list[str], score_cfg, anc,
+                depth: np.ndarray | None = None) -> pd.DataFrame:
     """One layer's rows of ``neurons.parquet`` (the summary of `neuronscan.stats.summarize_units`)."""
     from neuronscan.stats import summarize_units
 
@@ -823,6 +835,7 @@ def _unit_frame(layer: str, a: dict, concepts: list[str], text_concepts: list[st
         **{k: summary[k] for k in ("best_concept", "best_auc", "best_auprc", "best_q", "best_p_perm",
                                    "n_significant", *(f"best_{m}" for m in _METRIC_COLUMNS))},
         **_simulation_columns(a.get("sim"), concepts, n_units),
+        "best_depth": _best_depth(summary["best_concept"], concepts, depth),
         "formula": a.get("formula", [None] * n_units),
         "formula_auc": a.get("formula_auc", np.full(n_units, np.nan)),
         "formula_p_exploratory": a.get("formula_p", np.full(n_units, np.nan)),
@@ -871,7 +884,7 @@ def _write(out: RunDir, found: _Layers, assembled: dict[str, dict], score_cfg, h
     with ThreadPoolExecutor(max_workers=1) as pool:
         pairs_written = pool.submit(write_pairs)
         with timings.phase("unit_summary"):
-            neuron_rows = [_unit_frame(lp.layer, assembled[lp.layer], concepts, text_concepts, score_cfg, anc)
+            neuron_rows = [_unit_frame(lp.layer, assembled[lp.layer], concepts, text_concepts, score_cfg, anc, depth)
                            for lp in found.parts]
             neurons = pd.concat(neuron_rows, ignore_index=True)
         with timings.phase("write_neurons"):

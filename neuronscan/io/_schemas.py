@@ -104,6 +104,7 @@ NEURONS_SCHEMA = pa.schema(
         ("linear_terms", pa.list_(pa.string())),
         ("linear_weights", pa.list_(pa.float64())),
         ("linear_intercept", pa.float64()),
+        ("best_depth", pa.int16()),
     ]
 )
 """``neurons.parquet``: one row per unit (the summary of `neuronscan.stats.summarize_units`)."""

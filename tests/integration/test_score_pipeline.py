@@ -198,3 +198,24 @@ def test_quality_metrics_and_rank_by_equal_oracles(scored):
     assert planted["sim_concept"] == "a" and planted["sim_concept_corr"] > 0.5
     assert planted["linear_terms"][0] == "a" and len(planted["linear_terms"]) == len(planted["linear_weights"])
     assert planted["sim_linear_corr"] >= planted["sim_concept_corr"] - 0.05 and planted["sim_formula_corr"] > 0.3
+
+
+def test_best_depth_is_the_depth_of_the_best_concept(scored, tmp_path):
+    """With a hierarchy, neurons.parquet records the depth of each unit's best concept; without, -1."""
+    summary, table, neurons, acts, y, image_ids = scored
+    assert (neurons["best_depth"] == -1).all()
+    root = tmp_path / "acts"
+    _write_acts(root, "layer1:mean", acts[:, :4], image_ids)
+    labels = pd.DataFrame([(int(image_ids[i]), c) for c, m in y.items() for i in np.nonzero(m)[0]],
+                          columns=["image_id", "concept"])
+    cfg = config_from_dict({"data": {"folder": "."}, "model": {"name": "-", "layers": ["-"]},
+                            "score": {"n_perm": 0, "compositional": {"enabled": False}}})
+    edges = [("a", "ab"), ("b", "ab"), ("ab", "top"), ("c", "top")]
+    run_score(activations_dir=str(root), labels=labels, out_dir=str(tmp_path / "out"), score_cfg=cfg.score,
+              hierarchy=edges, quiet=True)
+    got = pd.read_parquet(tmp_path / "out" / "neurons.parquet")
+    depth = {"top": 0, "ab": 1, "c": 1, "a": 2, "b": 2, "rare": -1}
+    for row in got.itertuples():
+        want = -1 if pd.isna(row.best_concept) else depth.get(row.best_concept, 0)
+        assert row.best_depth == want, row
+    assert (got["best_depth"] >= 0).sum() >= 3
