@@ -199,6 +199,58 @@ class ProbeSection(_Section):
     clip: ClipSection | None = None
 
 
+class DescribeSection(_Section):
+    """Patch descriptions (``neuronscan describe RUN``; with ``enabled``, ``neuronscan run`` runs it after score):
+    each unit described by CLIP embeddings of crops around the argmax location of its top images, scored against
+    a vocabulary. See docs/algorithms.md ("Patch descriptions")."""
+
+    enabled: Bool = Field(False, description="Run the stage in `neuronscan run` (after the score stage).")
+    layers: list[str] | None = Field(
+        None, min_length=1, description="Probed layers (conv4:mean, or a module name such as conv4 for all its "
+        "statistics) or globs; default: every probed layer.")
+    top_m: Int = Field(5, ge=1, le=1000, description="Top images cropped per unit (at most probe.topk; the "
+                       "default is cut to it).")
+    vocabulary: str | list[str] | None = Field(
+        None, description="Words to describe units with, as clip.vocabulary (a list, a text file, "
+        "builtin:NAME[,NAME...], llm); default: probe.clip.vocabulary, else the labelled concepts.")
+    model: str | None = Field(
+        None, description="open_clip architecture that embeds the crops; default: probe.clip.model (with its "
+        "pretrained tag and checkpoint).")
+    pretrained: str | None = Field(None, description="open_clip pretrained tag of describe.model.")
+    checkpoint: str | None = Field(None, description="Local state dict of describe.model.")
+    min_crop: Float = Field(
+        0.25, gt=0, le=1, description="Smallest crop side as a fraction of the image side: a smaller receptive "
+        "field (or ViT patch) is widened around its centre to it.")
+    method: Literal["mean_cosine", "soft_wpmi"] = Field(
+        "mean_cosine", description="Score of a word for a unit: the mean cosine of its crops with the word, or "
+        "soft-WPMI over the crops (a prior over the layer's units).")
+    top_n: Int = Field(5, ge=1, le=100, description="Words kept per unit (concepts, scores), best first.")
+    phrase_words: Int = Field(3, ge=1, le=20, description="Words joined into a unit's phrase.")
+    batch_size: Int = Field(64, ge=1, description="Images per actor call (each read and decoded once).")
+    num_actors: Int = Field(1, ge=1, description="Ray actors (one CLIP copy each).")
+    num_gpus: Float = Field(0.0, ge=0, description="GPUs per actor; 0 runs on CPU. Never assumed.")
+    cpus_per_actor: Float = Field(0.5, gt=0, description="CPUs reserved per actor (fractions allowed).")
+    torch_threads: Int | None = Field(None, ge=1, description="torch intra-op threads per actor; default: all cores.")
+
+    @field_validator("vocabulary")
+    @classmethod
+    def _describe_vocabulary(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, str) and value.strip().startswith("builtin:"):  # unknown list names fail here
+            from neuronscan.clip._builtin import parse_builtin_spec
+
+            parse_builtin_spec(value)
+        return value
+
+    @model_validator(mode="after")
+    def _describe_weights(self) -> DescribeSection:
+        if self.model is None and (self.pretrained is not None or self.checkpoint is not None):
+            raise ValueError("describe.pretrained and describe.checkpoint need describe.model (the default, "
+                             "probe.clip, brings its own weights)")
+        if self.pretrained is not None and self.checkpoint is not None:
+            raise ValueError("set describe.pretrained or describe.checkpoint, not both")
+        return self
+
+
 # Largest n_candidates for search 'exact': up to 256 atoms, ~1.7e7 formulas and ~45 MB of tables per unit.
 _MAX_EXACT_CANDIDATES = 128
 
