@@ -96,7 +96,8 @@ def run_audit(cfg: RunConfig, *, quiet: bool = False, report: bool = True, stage
     from neuronscan.io import RunLock
 
     run, run_id = run_dir_for(cfg)
-    with RunLock(run.root, command=f"neuronscan {'run' if 'score' in stages else 'probe'} (run {run_id})") as lock:
+    command = "run" if "score" in stages else ("discover" if "discover" in stages else "probe")
+    with RunLock(run.root, command=f"neuronscan {command} (run {run_id})") as lock:
         return _locked_audit(cfg, run, run_id, quiet=quiet, report=report, stages=stages, restart=restart,
                              lock_token=lock.holder["token"])
 
@@ -189,6 +190,10 @@ def _run_stages(cfg: RunConfig, run: RunDir, plan, stages, *, report: bool, quie
             from pipelines.hierarchy_spatial import run_spatial
 
             run_spatial(run, cfg, cfg.hierarchy.spatial, quiet=quiet, lock_token=lock_token)
+    if "discover" in stages or ("score" in stages and cfg.discover.enabled):
+        from pipelines.discover import discover_run
+
+        discover_run(cfg, run, quiet=quiet, lock_token=lock_token, address=cfg.ray.address)
     if report and "score" in stages:
         report_run(run)
     final = run.update_info({"status": "complete", "finished": _now(), "error": None})

@@ -60,6 +60,74 @@ class RunSection(_Section):
         return value
 
 
+class DiscoverSection(_Section):
+    """Concept discovery and importance (CRAFT and holistic CRAFT, Fel et al. 2023): per class, the latent of
+    its images at ``layer`` (of crops of them, or of every feature-map position) factorised into concepts, each
+    concept's importance for the class logit, fidelity metrics, the class's strategies, and a name for every
+    concept from the run's labels. ``neuronscan discover CONFIG`` runs it on the config's run; with
+    ``enabled``, ``neuronscan run`` runs it after the score stage. See docs/algorithms.md ("Concept
+    discovery")."""
+
+    enabled: Bool = Field(False, description="Run the stage after score in `neuronscan run`.")
+    classes: Literal["all"] | list[str] = Field(
+        "all", description="Classes (model outputs, named as the run's labels name them); 'all': every output "
+        "with at least min_images images.")
+    layer: str | None = Field(
+        None, min_length=1, description="The module to cut the model at (a name, no statistic: conv4, layer4); "
+        "default: the last of model.layers. Its output should be non-negative (after a ReLU) for nmf.")
+    source: Literal["crops", "positions"] = Field(
+        "crops", description="Factorise the pooled latent of image crops (CRAFT) or the latent at every "
+        "feature-map position of whole images (holistic CRAFT).")
+    patch_size: Int = Field(64, ge=2, description="Crop side in model-input pixels (stride 0.8 x patch_size).")
+    n_concepts: Int = Field(10, ge=2, le=256, description="Concepts per class (rows of the dictionary W).")
+    method: Literal["nmf", "pca", "ica", "kmeans", "sparse_coding"] = Field(
+        "nmf", description="The factorisation (scikit-learn's).")
+    seed: Int = Field(0, ge=0, description="Seeds the image samples, the factorisation and the Sobol masks.")
+    max_iter: Int = Field(500, ge=10, description="Iterations of the factorisation at most.")
+    sparse_alpha: Float = Field(0.1, gt=0, description="L1 penalty of sparse_coding (rows scaled to unit mean norm).")
+    max_images_per_class: Int = Field(100, ge=2, description="Images per class the dictionary is fitted on at most.")
+    min_images: Int = Field(10, ge=2, description="Classes with fewer images are skipped (with classes: all).")
+    importance_images: Int = Field(
+        50, ge=1, description="Images per class (of those fitted on) that importance and the metrics use.")
+    sobol_designs: Int = Field(
+        32, ge=2, description="Sobol designs (a power of two): n_designs x (n_concepts + 2) evaluations per image.")
+    mufidelity_subsets: Int = Field(128, ge=2, description="Random concept subsets per image for C-µFidelity.")
+    mufidelity_fraction: Float = Field(
+        0.2, gt=0, lt=1, description="Probability that a concept is in a C-µFidelity subset.")
+    strategy_importance: Literal["gradient_input", "sobol", "occlusion"] = Field(
+        "gradient_input", description="The per-image importance that picks each image's dominant concept.")
+    image_statistic: Literal["max", "mean"] = Field(
+        "max", description="A concept's per-image coefficient: the max (or mean) over the image's crops/positions.")
+    stability: Bool = Field(True, description="Refit on two halves of the images and report their matched cosine.")
+    n_examples: Int = Field(8, ge=1, description="Example crops per concept (its best crop of each top image).")
+    naming_images: Int = Field(
+        1000, ge=0, description="Images (seeded sample of the run's) on which every concept is scored against the "
+        "labels; 0 turns naming off.")
+    naming_n_perm: Int = Field(0, ge=0, description="score.n_perm for naming (0: no permutation tests).")
+    naming_compositional: Bool = Field(False, description="Search compositional formulas when naming.")
+    output_names: Literal["auto"] | list[str] = Field(
+        "auto", description="Class names of the model's outputs in order; 'auto': shapesnet's heads, a "
+        "torchvision model's categories.")
+    batch_size: Int = Field(128, ge=1, description="Inputs per forward pass.")
+    num_gpus: Float = Field(0.0, ge=0, description="GPUs per Ray task; 0 runs on CPU. Never assumed.")
+    cpus_per_task: Float = Field(1.0, gt=0, description="CPUs reserved per Ray task (one class each).")
+    torch_threads: Int | None = Field(None, ge=1, description="torch threads per task; default max(1, cpus_per_task).")
+
+    @field_validator("sobol_designs")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError(f"must be a power of two (Sobol sequences are balanced at 2^m points), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _sizes(self) -> DiscoverSection:
+        if self.min_images > self.max_images_per_class:
+            raise ValueError(f"min_images ({self.min_images}) is above max_images_per_class "
+                             f"({self.max_images_per_class})")
+        return self
+
+
 class ShapesWorldSection(_Section):
     """The synthetic shapes world used by the offline demo."""
 
@@ -466,6 +534,7 @@ class RaySection(_Section):
 class RunConfig(_Section):
     """A whole audit: ``neuronscan run CONFIG``."""
 
+    discover: DiscoverSection = Field(default_factory=DiscoverSection)
     run: RunSection = Field(default_factory=RunSection)
     data: DataSection
     model: ModelSection
