@@ -83,6 +83,8 @@ details pre { max-height: 480px; overflow: auto; background: #f9fafb; padding: 8
 .thumb img { display: block; }
 .marker { position: absolute; width: 12px; height: 12px; margin: -6px 0 0 -6px; border: 2px solid #fff;
   border-radius: 50%; box-shadow: 0 0 0 2px #dc2626; pointer-events: none; }
+svg.pbox { position: absolute; left: 0; top: 0; width: 100%; height: 100%; pointer-events: none; }
+svg.pbox rect { fill: none; stroke: #f59e0b; stroke-width: 2px; vector-effect: non-scaling-stroke; }
 table.tc { width: 100%; font-size: 12px; margin: 4px 0; table-layout: fixed; }
 table.tc th { text-align: left; color: var(--muted); font-weight: 500; }
 table.tc th.num { width: 58px; text-align: right; }
@@ -174,7 +176,7 @@ JS = r"""
     for (const u of payload.units) {
       u.L = payload.layer;
       u.im = payload.images;
-      const words = [u.b, u.f, u.c];
+      const words = [u.b, u.f, u.c, u.ph];
       for (const t of u.t || []) words.push(t[0]);
       u.s_ = words.filter((w) => w !== null && w !== undefined).join("\n").toLowerCase();
     }
@@ -273,7 +275,8 @@ JS = r"""
     node.append(best);
     if (u.i && u.i.length) {
       const row = el("div", "thumbs");
-      for (const top of u.i) row.append(thumb(top, u.im));
+      const boxes = new Map((u.pb || []).map((b) => [b[0], b.slice(1)]));
+      u.i.forEach((top, rank) => row.append(thumb(top, u.im, boxes.get(rank))));
       node.append(row);
     } else {
       node.append(el("div", "muted line", "no top images"));
@@ -300,10 +303,11 @@ JS = r"""
                                           fmt(Math.abs(w), 2) + " " + t).join(" ")));
     }
     if (u.c != null) node.append(line("CLIP", u.c + "  (score " + fmt(u.cs, 2) + ")"));
+    if (u.pl != null) node.append(line("patch", u.ph + "  (" + u.pl + " " + fmt(u.ps, 3) + " · " + u.pn + " crops)"));
     node.append(line("significant concepts", isNum(u.s) ? String(u.s) : "—"));
     return node;
   }
-  function thumb(top, images) {
+  function thumb(top, images, box) {
     const [id, value, y, x] = top;
     const wrap = el("span", "thumb");
     const meta = images[id];
@@ -321,6 +325,22 @@ JS = r"""
       marker.style.left = (100 * clamp01(x)).toFixed(1) + "%";
       marker.style.top = (100 * clamp01(y)).toFixed(1) + "%";
       wrap.append(marker);
+    }
+    if (box && box.every(isNum)) {  // the crop the patch description embedded (an inline SVG rectangle)
+      const SVG = "http:" + "//www.w3.org/2000/svg";  // the SVG namespace's name (nothing is loaded from it)
+      const svg = document.createElementNS(SVG, "svg");
+      svg.setAttribute("class", "pbox");
+      svg.setAttribute("viewBox", "0 0 1 1");
+      svg.setAttribute("preserveAspectRatio", "none");
+      const rect = document.createElementNS(SVG, "rect");
+      const [x0, y0, x1, y1] = box.map(clamp01);
+      rect.setAttribute("x", String(x0));
+      rect.setAttribute("y", String(y0));
+      rect.setAttribute("width", String(Math.max(0, x1 - x0)));
+      rect.setAttribute("height", String(Math.max(0, y1 - y0)));
+      svg.append(rect);
+      wrap.append(svg);
+      wrap.title += "\ncrop x " + fmt(x0, 2) + "–" + fmt(x1, 2) + ", y " + fmt(y0, 2) + "–" + fmt(y1, 2);
     }
     return wrap;
   }

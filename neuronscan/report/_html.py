@@ -145,6 +145,9 @@ def _build(run: RunData, root: Path, diff: dict[str, pd.DataFrame] | None, max_t
     summaries: list[_LayerSummary] = []
     entries: list[dict[str, Any]] = []
     has_depth = "depth" in run.concept_columns
+    from neuronscan.report._load import describe_payload, load_descriptions
+
+    described = load_descriptions(run)  # patch descriptions (the describe stage), when it ran
     with ThreadPoolExecutor(max_workers=min(16, 2 * (os.cpu_count() or 1))) as pool:
         thumbs = Thumbnails(run.images, root / "thumbs", thumb_size, resize, pool)
         for i, layer in enumerate(run.layers):
@@ -155,6 +158,9 @@ def _build(run: RunData, root: Path, diff: dict[str, pd.DataFrame] | None, max_t
                 concepts = _concepts_from_neurons(neurons)
             topk = layer_topk(run, layer, max_top) if max_top > 0 else None
             payload, summary = _layer_payload(layer, neurons, concepts, scored, topk, thumbs, run.alpha)
+            patches = describe_payload(described, layer)
+            for record in payload["units"]:
+                record.update(patches.get(record["u"], {}))
             file = f"data/units-{i:03d}-{_file_slug(layer)}.js"
             key = f"units:{i}"
             _write_data_js(root / file, key, payload)

@@ -244,3 +244,65 @@ def _layers(info: dict, neurons: pd.DataFrame | None, concepts: ds.Dataset | Non
         column = concepts.to_table(columns=["layer"]).column("layer")
         layers.extend(str(x) for x in pc.unique(column).to_pylist() if x is not None and str(x) not in layers)
     return layers
+
+
+@dataclass
+class Descriptions:
+    """The describe stage's tables (``descriptions.parquet``, the boxes of ``describe/crops.parquet``)."""
+
+    descriptions: pd.DataFrame
+    boxes: pd.DataFrame
+    input_size: int
+
+
+def load_descriptions(run: RunData) -> Descriptions | None:
+    """The run's patch descriptions and crop boxes, or None when the describe stage did not run.
+
+    Boxes come as fractions of the model input (``describe/describe.json`` ``input_size``); the crops' embeddings
+    are not read.
+    """
+    from neuronscan.describe import CROPS_FILE, DESCRIBE_SUMMARY_FILE, DESCRIPTIONS_FILE
+
+    rd = RunDir(run.root)
+    desc = _read_frame(rd.path(DESCRIPTIONS_FILE), DESCRIPTIONS_FILE, run.notes, quiet=True)
+    if desc is None:
+        return None
+    desc = _with_columns(desc, {"layer": None, "unit": -1, "patch_label": None, "patch_score": np.nan,
+                                "phrase": None, "n_crops": 0})
+    boxes = _read_frame(rd.path(CROPS_FILE), CROPS_FILE, run.notes,
+                        columns=("layer", "unit", "rank", "x0", "y0", "x1", "y1"))
+    size = 0
+    try:
+        from neuronscan.io import read_json
+
+        size = int(read_json(rd.path(DESCRIBE_SUMMARY_FILE)).get("input_size") or 0)
+    except (OSError, ValueError, TypeError, AttributeError):
+        run.notes.append(f"{DESCRIBE_SUMMARY_FILE} is missing or unreadable: crops are not drawn")
+    if boxes is None or size <= 0 or not {"x0", "y0", "x1", "y1"} <= set(boxes.columns):
+        boxes = pd.DataFrame(columns=["layer", "unit", "rank", "x0", "y0", "x1", "y1"])
+    else:
+        boxes = boxes.copy()
+        for c in ("x0", "y0", "x1", "y1"):
+            boxes[c] = boxes[c].astype(float) / size
+    return Descriptions(desc, boxes, size)
+
+
+def describe_payload(described: Descriptions | None, layer: str) -> dict[int, dict]:
+    """Per unit of ``layer`` the card fields of its patch description: ``pl`` (patch label), ``ps`` (its score),
+    ``ph`` (phrase), ``pn`` (crops), ``pb`` (``[rank, x0, y0, x1, y1]`` boxes as fractions of the image)."""
+    if described is None:
+        return {}
+    out: dict[int, dict] = {}
+    desc = described.descriptions[described.descriptions["layer"] == layer]
+    for row in desc.itertuples(index=False):
+        label = row.patch_label if isinstance(row.patch_label, str) else None
+        phrase = row.phrase if isinstance(row.phrase, str) else label
+        score = float(row.patch_score) if pd.notna(row.patch_score) else None
+        out[int(row.unit)] = {"pl": label, "ps": round(score, 4) if score is not None and np.isfinite(score) else None,
+                              "ph": phrase, "pn": int(row.n_crops) if pd.notna(row.n_crops) else 0, "pb": []}
+    boxes = described.boxes[described.boxes["layer"] == layer].sort_values(["unit", "rank"], kind="stable")
+    for unit, rank, x0, y0, x1, y1 in zip(*(boxes[c] for c in ("unit", "rank", "x0", "y0", "x1", "y1"))):
+        entry = out.get(int(unit))
+        if entry is not None:
+            entry["pb"].append([int(rank), *(round(float(v), 4) for v in (x0, y0, x1, y1))])
+    return out
