@@ -12,48 +12,53 @@ Modules: `_extraction` (the split and the crops), `_factorise` (the dictionary),
 ``RUN/discover/``). The stage that runs it over a probed run's classes on Ray is ``pipelines/discover.py``.
 """
 
-from neuronscan.discover._classes import competing_outputs, output_names
-from neuronscan.discover._craft import (
-    IMPORTANCE_METHODS,
-    ClassResult,
-    CraftSettings,
-    Rows,
-    activation_rows,
-    discover_class,
-    image_statistic,
-)
-from neuronscan.discover._extraction import (
-    STRIDE_FRACTION,
-    CropGrid,
-    ModelSplit,
-    crop_activations,
-    crop_grid,
-    extract_crops,
-    position_boxes,
-)
-from neuronscan.discover._factorise import METHODS, NONNEGATIVE_METHODS, Factorisation, fit_factorisation
-from neuronscan.discover._importance import (
-    concept_logit_fn,
-    gradient_input_importance,
-    jansen_total_indices,
-    masked_logits,
-    occlusion_importance,
-    sobol_design,
-    sobol_importance,
-)
-from neuronscan.discover._metrics import (
-    concept_curves,
-    curve_auc,
-    hoyer_sparsity,
-    matched_cosine,
-    mu_fidelity,
-    mu_fidelity_from_drops,
-    mu_fidelity_subsets,
-    reconstruction_error,
-    subset_drops,
-    zero_fraction,
-)
-from neuronscan.discover._strategies import dominant_concepts, prevalence, reliability, strategy_frame
+import importlib
+
+_LAZY = {
+    "competing_outputs": "neuronscan.discover._classes",
+    "output_names": "neuronscan.discover._classes",
+    "ClassResult": "neuronscan.discover._craft",
+    "CraftSettings": "neuronscan.discover._craft",
+    "IMPORTANCE_METHODS": "neuronscan.discover._craft",
+    "Rows": "neuronscan.discover._craft",
+    "activation_rows": "neuronscan.discover._craft",
+    "discover_class": "neuronscan.discover._craft",
+    "image_statistic": "neuronscan.discover._craft",
+    "CropGrid": "neuronscan.discover._extraction",
+    "ModelSplit": "neuronscan.discover._extraction",
+    "STRIDE_FRACTION": "neuronscan.discover._extraction",
+    "crop_activations": "neuronscan.discover._extraction",
+    "crop_grid": "neuronscan.discover._extraction",
+    "extract_crops": "neuronscan.discover._extraction",
+    "position_boxes": "neuronscan.discover._extraction",
+    "Factorisation": "neuronscan.discover._factorise",
+    "METHODS": "neuronscan.discover._factorise",
+    "NONNEGATIVE_METHODS": "neuronscan.discover._factorise",
+    "fit_factorisation": "neuronscan.discover._factorise",
+    "concept_logit_fn": "neuronscan.discover._importance",
+    "gradient_input_importance": "neuronscan.discover._importance",
+    "jansen_total_indices": "neuronscan.discover._importance",
+    "masked_logits": "neuronscan.discover._importance",
+    "occlusion_importance": "neuronscan.discover._importance",
+    "sobol_design": "neuronscan.discover._importance",
+    "sobol_importance": "neuronscan.discover._importance",
+    "concept_curves": "neuronscan.discover._metrics",
+    "curve_auc": "neuronscan.discover._metrics",
+    "hoyer_sparsity": "neuronscan.discover._metrics",
+    "matched_cosine": "neuronscan.discover._metrics",
+    "mu_fidelity": "neuronscan.discover._metrics",
+    "mu_fidelity_from_drops": "neuronscan.discover._metrics",
+    "mu_fidelity_subsets": "neuronscan.discover._metrics",
+    "reconstruction_error": "neuronscan.discover._metrics",
+    "subset_drops": "neuronscan.discover._metrics",
+    "zero_fraction": "neuronscan.discover._metrics",
+    "dominant_concepts": "neuronscan.discover._strategies",
+    "prevalence": "neuronscan.discover._strategies",
+    "reliability": "neuronscan.discover._strategies",
+    "strategy_frame": "neuronscan.discover._strategies",
+}
+"""Public name → the module that defines it: imported on first use, so that reading the stage's file names
+(`_schemas`) or the config loads no torch."""
 
 __all__ = [
     "IMPORTANCE_METHODS", "METHODS", "NONNEGATIVE_METHODS", "STRIDE_FRACTION", "ClassResult", "CraftSettings",
@@ -65,3 +70,9 @@ __all__ = [
     "reconstruction_error", "reliability", "sobol_design", "sobol_importance", "strategy_frame", "subset_drops",
     "zero_fraction",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'neuronscan.discover' has no attribute {name!r}")

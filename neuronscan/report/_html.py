@@ -36,6 +36,7 @@ import pyarrow.dataset as ds
 
 from neuronscan.io import RunDir, is_remote, layer_dirname
 from neuronscan.report._assets import CSS, JS
+from neuronscan.report._discover import DiscoverData, discover_panels, load_discover
 from neuronscan.report._hierarchy import HierarchyData, hierarchy_view, load_hierarchy
 from neuronscan.report._load import RunData, layer_concepts, layer_neurons, layer_topk, open_run
 from neuronscan.report._svg import bar_svg, histogram_svg, layer_bars_svg
@@ -183,7 +184,8 @@ def _build(run: RunData, root: Path, diff: dict[str, pd.DataFrame] | None, max_t
         "concepts": concepts_entry,
     }
     hierarchy = load_hierarchy(run.root)
-    html = _page(run, summaries, has_depth, diff, index, sum(thumbs.made.values()), hierarchy)
+    discover = load_discover(run.root)  # the discover stage's tables (RUN/discover/), when it ran
+    html = _page(run, summaries, has_depth, diff, index, sum(thumbs.made.values()), hierarchy, discover)
     (root / "index.html").write_text(html, encoding="utf-8")
 
 
@@ -371,6 +373,7 @@ def _page(
     index: dict[str, Any],
     n_thumbs: int,
     hierarchy: HierarchyData | None = None,
+    discover: DiscoverData | None = None,
 ) -> str:
     """The whole ``index.html`` (with a Hierarchy view when the run has the hierarchy stage's tables)."""
     info = run.info
@@ -406,7 +409,7 @@ def _page(
         "</header><main>",
         '<noscript><div class="panel notes">Unit cards and concepts need JavaScript; '
         "the overview below is complete without it.</div></noscript>",
-        _overview(run, summaries, has_depth, n_thumbs),
+        _overview(run, summaries, has_depth, n_thumbs, discover),
         _units_view(run.layers),
         _concepts_view(),
     ]
@@ -423,8 +426,9 @@ def _page(
     return "\n".join(out) + "\n"
 
 
-def _overview(run: RunData, summaries: list[_LayerSummary], has_depth: bool, n_thumbs: int) -> str:
-    """The Overview section: run facts, layer table and charts."""
+def _overview(run: RunData, summaries: list[_LayerSummary], has_depth: bool, n_thumbs: int,
+              discover: DiscoverData | None = None) -> str:
+    """The Overview section: run facts, layer table and charts (and the Concept discovery panels)."""
     info = run.info
     counts = info.get("counts") if isinstance(info.get("counts"), dict) else {}
     out = ['<section class="view" id="view-overview">']
@@ -462,6 +466,8 @@ def _overview(run: RunData, summaries: list[_LayerSummary], has_depth: bool, n_t
     out.append("</div>")
     out.append(_layer_table(summaries, has_depth))
     out.append(_layer_charts(summaries, has_depth))
+    if discover is not None:
+        out.append(discover_panels(discover))
     if info:
         pretty = json.dumps(info, indent=2, default=str, ensure_ascii=False)
         out.append(

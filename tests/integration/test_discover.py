@@ -152,7 +152,8 @@ def test_the_audit_runs_the_stage_after_score_and_reports_it(probed):
     info = run_audit(cfg, quiet=True, stages=("score",))
     assert info["discover"]["classes"] == 1 and info["status"] == "complete"
     assert pd.read_parquet(Path(run_dir) / "discover" / "quality.parquet")["class"].tolist() == ["circle"]
-    assert (Path(run_dir) / "report" / "index.html").exists()
+    html = (Path(run_dir) / "report" / "index.html").read_text()
+    assert '<h2 id="discover">Concept discovery</h2>' in html and "<h3>class circle</h3>" in html
 
 
 def test_the_command_has_help_with_examples(capsys):
