@@ -190,6 +190,10 @@ def _run_stages(cfg: RunConfig, run: RunDir, plan, stages, *, report: bool, quie
             from pipelines.hierarchy_spatial import run_spatial
 
             run_spatial(run, cfg, cfg.hierarchy.spatial, quiet=quiet, lock_token=lock_token)
+        if cfg.describe.enabled:
+            from pipelines.describe import describe_run
+
+            describe_run(run, cfg, quiet=quiet, lock_token=lock_token)  # patch descriptions of the top images
     if "discover" in stages or ("score" in stages and cfg.discover.enabled):
         from pipelines.discover import discover_run
 

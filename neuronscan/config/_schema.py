@@ -543,3 +543,19 @@ class RunConfig(_Section):
     diff: DiffSection = Field(default_factory=DiffSection)
     hierarchy: HierarchySection = Field(default_factory=HierarchySection)
     ray: RaySection = Field(default_factory=RaySection)
+    describe: DescribeSection = Field(default_factory=DescribeSection)
+
+    @model_validator(mode="after")
+    def _describe_needs(self) -> RunConfig:
+        """describe.top_m within probe.topk; an enabled describe stage has a CLIP model; llm words need an endpoint."""
+        d = self.describe
+        if "top_m" in d.model_fields_set and d.top_m > self.probe.topk:  # the default is cut to probe.topk
+            raise ValueError(f"describe.top_m ({d.top_m}) is above probe.topk ({self.probe.topk}): the probe keeps "
+                             "only probe.topk top images per unit")
+        if d.enabled and d.model is None and self.probe.clip is None:
+            raise ValueError("describe.enabled needs a CLIP model: set describe.model (e.g. neuronscan-tinyclip) "
+                             "or probe.clip")
+        is_llm = isinstance(d.vocabulary, str) and d.vocabulary.strip() == "llm"
+        if is_llm and (self.probe.clip is None or self.probe.clip.vocabulary_llm is None):
+            raise ValueError("describe.vocabulary 'llm' uses probe.clip.vocabulary_llm, which is not set")
+        return self
