@@ -150,8 +150,8 @@ def _vocabulary(run: RunDir, cfg) -> list[str]:
         if isinstance(vocabulary, str) and vocabulary.strip() == "llm":  # the words probe.clip's endpoint proposes
             from neuronscan.clip import resolve_vocabulary
 
-            return resolve_vocabulary(SimpleNamespace(vocabulary="llm", vocabulary_llm=cfg.probe.clip.vocabulary_llm),
-                                      _concepts(run))
+            llm = getattr(cfg.probe.clip, "vocabulary_llm", None)
+            return resolve_vocabulary(SimpleNamespace(vocabulary="llm", vocabulary_llm=llm), _concepts(run))
         return load_vocabulary(vocabulary)
     except ValueError as exc:
         raise InputError(f"describe.vocabulary: {exc}") from exc

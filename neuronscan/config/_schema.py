@@ -556,6 +556,6 @@ class RunConfig(_Section):
             raise ValueError("describe.enabled needs a CLIP model: set describe.model (e.g. neuronscan-tinyclip) "
                              "or probe.clip")
         is_llm = isinstance(d.vocabulary, str) and d.vocabulary.strip() == "llm"
-        if is_llm and (self.probe.clip is None or self.probe.clip.vocabulary_llm is None):
+        if is_llm and getattr(self.probe.clip, "vocabulary_llm", None) is None:
             raise ValueError("describe.vocabulary 'llm' uses probe.clip.vocabulary_llm, which is not set")
         return self
