@@ -303,7 +303,7 @@ JS = r"""
                                           fmt(Math.abs(w), 2) + " " + t).join(" ")));
     }
     if (u.c != null) node.append(line("CLIP", u.c + "  (score " + fmt(u.cs, 2) + ")"));
-    if (u.pl != null) node.append(line("patch", u.ph + "  (" + u.pl + " " + fmt(u.ps, 3) + " · " + u.pn + " crops)"));
+    if (u.pl != null) node.append(line("patch", u.ph + "  (score " + fmt(u.ps, 3) + " · " + u.pn + " crops)"));
     node.append(line("significant concepts", isNum(u.s) ? String(u.s) : "—"));
     return node;
   }
