@@ -8,6 +8,9 @@ A run lives in ``OUT/<model>/<run_id>/`` (a local path or an ``s3://`` URI)::
     probe/source.json  probe/layers.json   where the inputs came from; the probed layers
     probe/commits/<part>.parquet           one per committed part: its images and their status
     activations/<layer>/part-<part>.parquet   image_id + u00000… float32
+    activations/<layer>@<name>/part-<part>.parquet   a derived layer (an explainer's components), same schema
+    derived/commits/<part>.parquet         one per committed part of a derived layer: its layer and image ids
+    explain/<layer>@<name>/                an explainer's checkpoints, metrics.json, README.md
     topk/_parts/<layer>/part-<part>.parquet   top-M entries of one batch (merged at the end)
     topk/<layer>.parquet                   per unit its top images
     clip/part-<part>.parquet               CLIP image embeddings (when configured)
@@ -16,8 +19,9 @@ A run lives in ``OUT/<model>/<run_id>/`` (a local path or an ``s3://`` URI)::
     report/index.html                      the report
     diff/                                  diff_units/diff_concepts.parquet, diff.json against an earlier run
 
-A part file counts only once ``probe/commits/<part>.parquet`` exists: `RunDir.committed_parts` is the
-one listing of committed batches that the probe, the score stage and the diff read. Every other module
+A part file counts only once ``probe/commits/<part>.parquet`` exists — or, for a derived layer written after
+the probe (``explain-train``), ``derived/commits/<part>.parquet``: `RunDir.committed_parts` is the one listing of
+committed batches that the probe, the score stage and the diff read. Every other module
 asks this one for paths instead of joining strings, so a new stage adds its files here.
 """
 
@@ -58,12 +62,22 @@ __all__ = [
     "run_id_time",
     "model_folder",
     "run_alpha",
+    "DERIVED_COMMIT_SCHEMA",
+    "is_derived_layer",
 ]
 
 RUN_ID_TIME = "%Y%m%dT%H%M%SZ"
 """The UTC time at the start of a generated run id (``20260102T020000Z-a1b2c3``)."""
 
 _PART_PREFIX, _PARQUET = "part-", ".parquet"
+
+DERIVED_COMMIT_SCHEMA = pa.schema([("layer", pa.string()), ("image_id", pa.int64())])
+"""``derived/commits/<part>.parquet``: the images of one committed part of a derived layer (``<layer>@<name>``)."""
+
+
+def is_derived_layer(layer: str) -> bool:
+    """Whether a layer name is a derived layer (``conv4:mean@sae``: components learnt from a probed layer)."""
+    return "@" in str(layer)
 
 
 class RunInfoError(InputError):
@@ -76,10 +90,13 @@ class PartFileError(InputError):
 
 def _redo_hint(uri: str) -> str:
     """How to redo the batch of a probe's part file (``RUN/activations/<layer>/part-<id>.parquet``)."""
-    m = re.search(r"^(.*)/activations/[^/]+/part-([^/]+)\.parquet$", str(uri))
+    m = re.search(r"^(.*)/activations/([^/]+)/part-([^/]+)\.parquet$", str(uri))
     if not m:
         return "write it again"
-    return (f"delete {m.group(1)}/probe/commits/{m.group(2)}.parquet and rerun the probe with the same run id "
+    if is_derived_layer(m.group(2)):
+        return (f"delete {m.group(1)}/derived/commits/{m.group(3)}.parquet and rerun neuronscan explain-train to "
+                "write the derived layer again")
+    return (f"delete {m.group(1)}/probe/commits/{m.group(3)}.parquet and rerun the probe with the same run id "
             "to redo its batch")
 
 
@@ -322,6 +339,18 @@ class RunDir:
         return self.path("probe", "commits", f"{part}{_PARQUET}")
 
     @property
+    def derived_commits_dir(self) -> str:
+        return self.path("derived", "commits")
+
+    def derived_commit(self, part: str) -> str:
+        """The commit record of one part of a derived layer (written after its part files)."""
+        return self.path("derived", "commits", f"{part}{_PARQUET}")
+
+    def explain(self, layer: str) -> str:
+        """``explain/<layer>@<name>/``: one explainer's checkpoints, ``metrics.json`` and ``README.md``."""
+        return self.path("explain", layer_dirname(layer))
+
+    @property
     def activations_dir(self) -> str:
         return self.path("activations")
 
@@ -393,11 +422,49 @@ class RunDir:
 
     # -- committed parts -------------------------------------------------------------------------------
     def committed_parts(self) -> set[str] | None:
-        """Ids of committed probe batches, or None when the run has no commit records (all parts count)."""
+        """Ids of committed parts — probe batches and parts of derived layers — or None when the run has no probe
+        commit records (all parts count)."""
         fs, path = get_fs(self.commits_dir)
         if not fs.exists(path):
             return None
-        return {n[: -len(_PARQUET)] for n in _names(self.commits_dir) if n.endswith(_PARQUET) and not n.startswith(".")}
+        names = _names(self.commits_dir)
+        probed = {n[: -len(_PARQUET)] for n in names if n.endswith(_PARQUET) and not n.startswith(".")}
+        return probed | self.derived_committed_parts()
+
+    def derived_committed_parts(self, layer: str | None = None) -> set[str]:
+        """Ids of the committed parts of derived layers (of ``layer`` only, when given: reads the records)."""
+        names = [n for n in _names(self.derived_commits_dir) if n.endswith(_PARQUET) and not n.startswith(".")]
+        if layer is None:
+            return {n[: -len(_PARQUET)] for n in names}
+        out = set()
+        for n in names:
+            layers = read_parquet(join(self.derived_commits_dir, n), columns=["layer"]).column("layer").unique()
+            if layer in layers.to_pylist():
+                out.add(n[: -len(_PARQUET)])
+        return out
+
+    def remove_derived(self, layer: str) -> int:
+        """Delete a derived layer: its commit records first (its parts stop counting at once), then its part
+        files, top-M parts and ``topk/<layer>.parquet``. Returns how many files went."""
+        if not is_derived_layer(layer):
+            raise ValueError(f"{layer!r} is not a derived layer (<layer>@<name>)")
+        removed = 0
+        for part in sorted(self.derived_committed_parts(layer)):
+            fs, path = get_fs(self.derived_commit(part))
+            fs.rm(path)
+            removed += 1
+        for folder in (self.activations(layer), self.topk_parts(layer)):
+            fs, path = get_fs(folder)
+            if fs.exists(path):
+                files = fs.find(path)
+                if files:
+                    fs.rm(files)
+                removed += len(files)
+        fs, path = get_fs(self.topk(layer))
+        if fs.exists(path):
+            fs.rm(path)
+            removed += 1
+        return removed
 
     def read_commits(self) -> pd.DataFrame:
         """Every commit record: ``image_id, uri, status, error`` and ``part`` (the batch it belongs to)."""
@@ -414,7 +481,11 @@ class RunDir:
         return pd.concat(frames, ignore_index=True)
 
     def remove_uncommitted(self, committed: set[str]) -> int:
-        """Delete part files whose batch never committed, and stale temp files; return how many."""
+        """Delete part files whose batch never committed, and stale temp files; return how many.
+
+        ``committed`` holds the probe's batches; the committed parts of derived layers always count too.
+        """
+        committed = set(committed) | self.derived_committed_parts()
         removed = 0
         for sub in (self.activations_dir, self.path("topk", "_parts"), self.clip):
             fs, path = get_fs(sub)
