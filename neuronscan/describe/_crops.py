@@ -77,7 +77,7 @@ def crop_boxes(loc_y: np.ndarray, loc_x: np.ndarray, rf: ReceptiveField, *, min_
     # The cell whose centre the location is: loc = (i + 0.5) / h (stored as float16: round, do not floor).
     i = np.clip(np.rint(np.nan_to_num(ly) * h - 0.5), 0, h - 1).astype(np.int64)
     j = np.clip(np.rint(np.nan_to_num(lx) * w - 0.5), 0, w - 1).astype(np.int64)
-    if rf.kind == "tokens":
+    if rf.kind in ("tokens", "cells"):
         y0, y1 = (i * s) // h, ((i + 1) * s) // h
         x0, x1 = (j * s) // w, ((j + 1) * s) // w
     else:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["ReceptiveField", "module_of", "receptive_fields"]
+
+logger = logging.getLogger(__name__)
 
 STATISTICS = ("mean", "max", "cls", "patch_mean")
 """Suffixes ``:<stat>`` of the probe's layer names (`neuronscan.models.reduced_name`)."""
@@ -48,7 +51,8 @@ class ReceptiveField:
 
     Attributes:
         kind: ``conv`` (a feature map: ``size``/``stride``/``offset`` hold), ``tokens`` (a square patch grid),
-            ``global`` (no spatial layout, or every cell sees the whole input).
+            ``cells`` (a feature map whose field could not be measured: its grid cells), ``global`` (no spatial
+            layout, or every cell sees the whole input).
         grid: ``(h, w)`` output cells at ``input_size``; ``(1, 1)`` for ``global``.
         size: ``(rows, cols)`` of one cell's field (``conv``); the input side for ``global``.
         stride: ``(rows, cols)`` between neighbouring cells' fields (``conv``).
@@ -73,7 +77,7 @@ class ReceptiveField:
         s = self.input_size
         if self.kind == "global":
             return 0, 0, s, s
-        if self.kind == "tokens":
+        if self.kind in ("tokens", "cells"):
             h, w = self.grid
             return (i * s) // h, (j * s) // w, ((i + 1) * s) // h, ((j + 1) * s) // w
         y0 = self.offset[0] + i * self.stride[0]
@@ -250,7 +254,48 @@ def receptive_fields(module, layers: Sequence[str], input_size: int, *, max_scal
     if not by_module:
         return {}
     modules = list(by_module)
-    surrogate = _positive_surrogate(module)
+    try:
+        found = _measured(_positive_surrogate(module), modules, input_size, max_scale, max_canvas)
+    except Exception as exc:  # noqa: BLE001 - no surrogate of this model (an exported graph, a custom op)
+        logger.warning("receptive fields of %s could not be measured on a positive surrogate (%s: %s); the crops "
+                       "are the layers' grid cells", ", ".join(modules), type(exc).__name__, exc)
+        found = _grid_cells(module, modules, input_size)
+    return {layer: found[name] for name, names in by_module.items() for layer in names}
+
+
+def _grid_cells(module, modules: list[str], input_size: int) -> dict[str, ReceptiveField]:
+    """Fallback: each layer's output grid on the real model, a cell per position (``kind="cells"``)."""
+    import torch
+
+    named = dict(module.named_modules())
+    outs: dict[str, tuple] = {}
+    handles = [named[m].register_forward_hook(
+        lambda _m, _i, o, name=m: outs.__setitem__(name, tuple((o[0] if isinstance(o, (tuple, list)) else o).shape)))
+        for m in modules]
+    try:
+        with torch.inference_mode():
+            module(torch.zeros(1, 3, input_size, input_size))
+    finally:
+        for h in handles:
+            h.remove()
+    found = {}
+    for name in modules:
+        shape = outs.get(name)
+        if shape is None:
+            raise ValueError(f"layer {name!r} did not run in the forward pass")
+        if len(shape) == 4:
+            h, w = int(shape[2]), int(shape[3])
+            found[name] = ReceptiveField("cells", (h, w), (input_size // h, input_size // w),
+                                         (input_size // h, input_size // w), (0, 0), input_size, clipped=True,
+                                         canvas=input_size)
+        else:
+            found[name] = _global(input_size)
+    return found
+
+
+def _measured(surrogate, modules: list[str], input_size: int, max_scale: int,
+              max_canvas: int) -> dict[str, ReceptiveField]:
+    """Every module's field on the positive surrogate (see the module docstring)."""
     found: dict[str, ReceptiveField] = {}
     with _max_pool_as_average():
         _, outs = _run(surrogate, modules, input_size, 1, requires_grad=False)
@@ -314,7 +359,7 @@ def receptive_fields(module, layers: Sequence[str], input_size: int, *, max_scal
                 continue
             canvas_used, *measured = last[name]
             found[name] = _conv_field(pending[name], input_size, canvas_used, tuple(measured), clipped=True)
-    return {layer: found[name] for name, names in by_module.items() for layer in names}
+    return found
 
 
 def _global(input_size: int) -> ReceptiveField:

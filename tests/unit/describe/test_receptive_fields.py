@@ -109,3 +109,17 @@ def test_unknown_layers_and_layer_names():
     assert module_of("conv4:mean@sae") == "conv4" and module_of("layer4.1:patch_mean") == "layer4.1"
     with pytest.raises(ValueError, match="nope"):
         receptive_fields(_Stack(), ["nope:mean"], 32)
+
+
+def test_a_model_without_a_surrogate_gets_its_grid_cells(monkeypatch, caplog):
+    from neuronscan.describe import _rf, crop_boxes
+
+    def refuse(_module):
+        raise RuntimeError("no deep copy of this graph")
+
+    monkeypatch.setattr(_rf, "_positive_surrogate", refuse)
+    fields = receptive_fields(_Stack().eval(), ["d:max", "fc"], 32)
+    rf = fields["d:max"]
+    assert (rf.kind, rf.grid, rf.size, rf.clipped) == ("cells", (8, 8), (4, 4), True)
+    assert fields["fc"].kind == "global" and "grid cells" in caplog.text
+    assert crop_boxes([0.0625], [0.9375], rf, min_crop=0.125).tolist() == [[28, 0, 32, 4]]
