@@ -11,6 +11,12 @@ Weights come from one of three places, in this order of preference:
   read with ``torch.load(weights_only=True)`` so no pickled code ever runs.
 - neither: random weights, for tests and plumbing only; a warning says the labels are meaningless.
 
+``neuronscan-tinyclip`` (:mod:`neuronscan.clip._tinyclip`), the tiny CLIP of the shapes world, is
+registered with open_clip when this module is imported. Its weights are packaged: the name alone loads
+``neuronscan/demo/tinyclip.pt``, ``checkpoint`` loads another file written by
+``python -m neuronscan.demo.train_clip``; it has no pretrained tags. Its tokenizer is word-level, its
+word list read from the checkpoint.
+
 Embeddings are float32 and L2-normalised, as the ``OUT/clip/part-*.parquet`` contract requires.
 """
 
@@ -29,11 +35,14 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from neuronscan.clip import _tinyclip
 from neuronscan.clip._vocab import DEFAULT_TEMPLATES
 
 __all__ = ["ClipBundle", "embed_images", "embed_texts", "load_clip"]
 
 logger = logging.getLogger(__name__)
+
+_tinyclip.register()
 
 _SCHEMAS = ("hf-hub:", "local-dir:")
 # Key prefixes added by wrappers around the model: DistributedDataParallel and torch.compile.
@@ -116,9 +125,27 @@ def load_clip(
         )
     if not has_schema:
         _check_architecture(model_name)
+    tiny = model_name == _tinyclip.TINYCLIP_MODEL
+    if tiny and pretrained is not None:
+        raise ValueError(
+            f"open_clip model '{model_name}' has no pretrained tags (got pretrained={pretrained!r}): its weights "
+            f"are packaged ({_tinyclip.TINYCLIP_CHECKPOINT.name}); leave pretrained unset, or pass a "
+            "checkpoint written by python -m neuronscan.demo.train_clip"
+        )
     if pretrained is not None:
         _check_tag(model_name, pretrained)
+    if tiny and checkpoint is None:
+        checkpoint = _tinyclip.TINYCLIP_CHECKPOINT
+        if not checkpoint.is_file():
+            raise ValueError(
+                f"the packaged weights of '{model_name}' ({checkpoint}) are missing; train them with "
+                f"python -m neuronscan.demo.train_clip --out {checkpoint}"
+            )
     state_dict = _load_state_dict(Path(checkpoint)) if checkpoint is not None else None
+    tiny_words: list[str] | None = None
+    if tiny and state_dict is not None:
+        vocab = state_dict.pop(_tinyclip.VOCAB_KEY, None)
+        tiny_words = list(_tinyclip.TINYCLIP_WORDS) if vocab is None else _tinyclip.vocab_from_tensor(vocab)
 
     quiet = (
         _drop_open_clip_random_init_warning()
@@ -132,7 +159,16 @@ def load_clip(
             model, _, _ = open_clip.create_model_and_transforms(
                 model_name, pretrained=pretrained, device=dev, pretrained_text=False
             )
-        tokenizer = open_clip.get_tokenizer(model_name)
+        if tiny:
+            words = list(_tinyclip.TINYCLIP_WORDS) if tiny_words is None else tiny_words
+            tokenizer = _tinyclip.WordTokenizer(words, int(model.context_length))
+            if tokenizer.vocab_size > int(model.vocab_size):
+                raise ValueError(
+                    f"checkpoint '{checkpoint}' has {tokenizer.vocab_size} tokens but '{model_name}' embeds "
+                    f"{int(model.vocab_size)}"
+                )
+        else:
+            tokenizer = open_clip.get_tokenizer(model_name)
     except (RuntimeError, OSError, ValueError) as exc:
         if pretrained is not None or model_name.startswith("hf-hub:"):
             source = f"pretrained weights '{pretrained}'" if pretrained else "weights"
