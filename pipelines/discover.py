@@ -550,7 +550,8 @@ def _tables(plan: DiscoverPlan, analysed: list[dict], results: dict, names: dict
         frames["quality"].append(pd.DataFrame([{
             "class": name, "class_index": c["index"], "layer": layer, "method": s.method, "source": s.source,
             **{key: q[key] for key in ("n_images", "n_rows", "rows_per_image", "n_importance_images",
-                                       "reconstruction_error", "reconstruction_error_positions", "zero_fraction",
+                                       "reconstruction_error", "reconstruction_error_positions", "n_iter",
+                                       "zero_fraction",
                                        "hoyer", "stability", "accuracy", "mean_logit")},
             "seconds": res["seconds"]}]))
         strat = r.strategies.copy()

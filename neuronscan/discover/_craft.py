@@ -20,7 +20,6 @@ from neuronscan.discover._importance import (
     concept_logit_fn,
     gradient_input_importance,
     occlusion_importance,
-    sobol_design,
     sobol_importance,
 )
 from neuronscan.discover._metrics import (
@@ -188,8 +187,7 @@ def discover_class(split: ModelSplit, x: torch.Tensor, class_index: int, setting
         "occlusion": occlusion_importance(fn, u_pos, batch_size=bs),
     }
     lap("importance_gradient_occlusion")
-    masks = sobol_design(k, settings.sobol_designs, seed=settings.seed)
-    importance["sobol"] = sobol_importance(fn, u_pos, masks, settings.sobol_designs, batch_size=bs)
+    importance["sobol"] = sobol_importance(fn, u_pos, settings.sobol_designs, seed=settings.seed, batch_size=bs)
     lap("importance_sobol")
     importance = {m: importance[m] for m in IMPORTANCE_METHODS}
     class_importance = {m: v.mean(axis=0) if len(v) else np.zeros(k) for m, v in importance.items()}
@@ -242,6 +240,7 @@ def discover_class(split: ModelSplit, x: torch.Tensor, class_index: int, setting
         "n_images": int(len(x)), "n_rows": int(len(rows.a)), "rows_per_image": int(rows.per_image),
         "n_importance_images": int(n_imp), "n_channels": int(rows.a.shape[1]),
         "reconstruction_error": fit_error, "reconstruction_error_positions": position_error,
+        "n_iter": int(fact.n_iter), "max_iter": int(settings.max_iter),
         "zero_fraction": zero_fraction(u_rows), "hoyer": hoyer_sparsity(u_rows), "stability": stability,
         "accuracy": float(correct.mean()) if len(correct) else float("nan"),
         "mean_logit": float(logits[:, class_index].mean()) if len(logits) else float("nan"),

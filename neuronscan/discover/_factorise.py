@@ -48,6 +48,8 @@ class Factorisation:
         offset: ``m``, ``(C,)`` float64 (zeros for methods that do not centre).
         estimator: the fitted scikit-learn object (for ``transform``).
         scale: the input scale the estimator saw (sparse coding's ``s``; 1 otherwise).
+        n_iter: the iterations the fit took (``n_iter_``; −1 for PCA, which has none). A fit that stops at
+            ``max_iter`` has not met its tolerance (scikit-learn's ConvergenceWarning is silenced: this says it).
     """
 
     method: str
@@ -55,6 +57,13 @@ class Factorisation:
     offset: np.ndarray
     estimator: object = field(repr=False)
     scale: float = 1.0
+    n_iter: int = -1
+    _torch_key: object = field(default=None, repr=False, compare=False)
+    _torch_w: object = field(default=None, repr=False, compare=False)
+    _torch_m: object = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict:  # pickled (a Ray result) without the cached tensors
+        return {**self.__dict__, "_torch_key": None, "_torch_w": None, "_torch_m": None}
 
     @property
     def n_concepts(self) -> int:
@@ -80,10 +89,18 @@ class Factorisation:
         """`decode` for a torch tensor ``(…, K)`` (differentiable), in ``u``'s dtype and device."""
         import torch
 
-        w = torch.as_tensor(self.components, dtype=u.dtype, device=u.device)
-        m = torch.as_tensor(self.offset, dtype=u.dtype, device=u.device)
-        # One 2-D product: a batched matmul over (…, K) with a small K is many times slower.
-        return (u.reshape(-1, u.shape[-1]) @ w).reshape(*u.shape[:-1], w.shape[1]) + m
+        key = (u.dtype, u.device)
+        if self._torch_key != key:
+            self._torch_key = key
+            self._torch_w = torch.as_tensor(self.components, dtype=u.dtype, device=u.device)
+            self._torch_m = (torch.as_tensor(self.offset, dtype=u.dtype, device=u.device)
+                             if np.any(self.offset) else None)
+        w, m = self._torch_w, self._torch_m
+        # One 2-D product (a batched matmul over (…, K) with a small K is many times slower); the offset, when
+        # there is one, added in the same call.
+        flat = u.reshape(-1, u.shape[-1])
+        out = flat @ w if m is None else torch.addmm(m, flat, w)
+        return out.reshape(*u.shape[:-1], w.shape[1])
 
 
 def fit_factorisation(a: np.ndarray, method: str, n_concepts: int, *, seed: int = 0, max_iter: int = 500,
@@ -93,7 +110,20 @@ def fit_factorisation(a: np.ndarray, method: str, n_concepts: int, *, seed: int 
     Raises:
         InputError: an unknown method, fewer rows than concepts, or negative values for NMF / sparse coding.
     """
+    import warnings
+
     _sklearn()
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fact, u = _fit(a, method, n_concepts, seed=seed, max_iter=max_iter, sparse_alpha=sparse_alpha)
+    fact.n_iter = int(getattr(fact.estimator, "n_iter_", -1))
+    return fact, u
+
+
+def _fit(a: np.ndarray, method: str, n_concepts: int, *, seed: int, max_iter: int,
+         sparse_alpha: float) -> tuple[Factorisation, np.ndarray]:
     if method not in METHODS:
         raise InputError(f"discover.method {method!r} is not one of {', '.join(METHODS)}")
     a = np.asarray(a, dtype=np.float64)

@@ -90,7 +90,8 @@ QUALITY_SCHEMA = pa.schema([
     ("class", pa.string()), ("class_index", pa.int32()), ("layer", pa.string()), ("method", pa.string()),
     ("source", pa.string()), ("n_images", pa.int64()), ("n_rows", pa.int64()), ("rows_per_image", pa.int32()),
     ("n_importance_images", pa.int64()), ("reconstruction_error", pa.float64()),
-    ("reconstruction_error_positions", pa.float64()), ("zero_fraction", pa.float64()), ("hoyer", pa.float64()),
+    ("reconstruction_error_positions", pa.float64()), ("n_iter", pa.int64()), ("zero_fraction", pa.float64()),
+    ("hoyer", pa.float64()),
     ("stability", pa.float64()), ("accuracy", pa.float64()), ("mean_logit", pa.float64()),
     ("seconds", pa.float64()),
 ])

@@ -171,6 +171,7 @@ def _class_panel(data: DiscoverData, name: str) -> str:
         facts = [("images", q.get("n_images")), ("rows", q.get("n_rows")),
                  ("reconstruction error", _fmt(q.get("reconstruction_error"))),
                  ("… on positions", _fmt(q.get("reconstruction_error_positions"))),
+                 ("fit iterations", q.get("n_iter")),
                  ("stability", _fmt(q.get("stability"))), ("zero coefficients", _fmt(q.get("zero_fraction"))),
                  ("Hoyer sparsity", _fmt(q.get("hoyer"))), ("accuracy", _fmt(q.get("accuracy"))),
                  ("seconds", _fmt(q.get("seconds"), 2))]

@@ -53,7 +53,8 @@ def write_discover_tables(run_dir: Path) -> None:
                               "x1": 32, "y1": 57, "coefficient": 1.0 - rank / 10})
         quality.append({"class": c, "class_index": c_i, "layer": layer, "method": "nmf", "source": "crops",
                         "n_images": 12, "n_rows": 48, "rows_per_image": 4, "n_importance_images": 4,
-                        "reconstruction_error": 0.3, "reconstruction_error_positions": 0.6, "zero_fraction": 0.2,
+                        "reconstruction_error": 0.3, "reconstruction_error_positions": 0.6, "n_iter": 120,
+                        "zero_fraction": 0.2,
                         "hoyer": 0.5, "stability": 0.8, "accuracy": 0.75, "mean_logit": 3.0, "seconds": 1.5})
         for m in ("sobol", "gradient_input", "occlusion"):
             metrics.append({"class": c, "importance": m, "c_deletion": 1.0, "c_insertion": 4.0, "c_mufidelity": 0.97})
