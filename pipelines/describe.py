@@ -44,7 +44,8 @@ from neuronscan.describe import (
 from neuronscan.errors import InputError
 from neuronscan.io import RunDir, read_json, read_parquet, write_json_atomic, write_parquet_atomic
 
-__all__ = ["DescribeActor", "DescribePlan", "DescribeSummary", "describe_run", "label_table", "plan_describe"]
+__all__ = ["DescribeActor", "DescribePlan", "DescribeSummary", "assemble", "decode_side", "describe_run", "label_table",
+           "plan_describe"]
 
 
 @dataclass
@@ -308,6 +309,19 @@ def _chunks(plan: DescribePlan, size: int, decode: dict) -> list[dict]:
     return out
 
 
+def assemble(union: UnionPlan, results: list[dict], dim: int) -> tuple[np.ndarray, dict[int, str], np.ndarray]:
+    """The actors' results put together: per row of ``union.rows`` its crop's embedding (NaN where the image
+    failed), the errors by image, and how many times each of ``union.images`` was decoded."""
+    embeddings = np.full((len(union.crops), dim), np.nan, dtype=np.float32)
+    errors: dict[int, str] = {}
+    decodes = np.zeros(len(union.images), dtype=np.int64)
+    for res in results:
+        embeddings[res["crop_ids"]] = res["embeddings"]
+        errors.update(res["errors"])
+        np.add.at(decodes, np.searchsorted(union.images, res["decoded"]), 1)
+    return embeddings[union.rows["crop"].to_numpy(np.int64)], errors, decodes
+
+
 def describe_run(run_dir: str | RunDir, cfg=None, *, quiet: bool = False, lock_token: str | None = None,
                  address: str | None = None) -> DescribeSummary:
     """Describe the units of a probed run by their top crops and write the stage's tables into the run.
@@ -391,16 +405,8 @@ def _describe(run: RunDir, cfg, *, quiet: bool, lock_token: str, address: str | 
     t_pass = time.perf_counter()
 
     dim = int(text.shape[1])
-    embeddings = np.full((len(union.crops), dim), np.nan, dtype=np.float32)
-    errors: dict[int, str] = {}
-    decodes = np.zeros(len(union.images), dtype=np.int64)
-    for res in results:
-        embeddings[res["crop_ids"]] = res["embeddings"]
-        errors.update(res["errors"])
-        np.add.at(decodes, np.searchsorted(union.images, res["decoded"]), 1)
+    row_emb, errors, decodes = assemble(union, results, dim)
     rows = union.rows
-    crop_of = rows["crop"].to_numpy(np.int64)
-    row_emb = embeddings[crop_of]
     has = np.isfinite(row_emb).all(axis=1)
 
     frames = []
