@@ -15,7 +15,10 @@ its ``patch_label``) in a child process, then measures, from the run's tables:
     concepts under the roots ``shape``, ``colour``, ``texture``) and *global* (the background: under
     ``background``): ``related`` agreement of each label per layer and group, and which wins.
 
-Also: how often a distractor word of the vocabulary (not a concept of the world) is the label.
+Also: how often a distractor word of the vocabulary (not a concept of the world) is the label; and the patch
+labels the other ``describe.method`` would give (soft-WPMI over crops when the run used the mean cosine, and the
+other way round), scored from the run's own crop embeddings (``describe/crops.parquet``) and the vocabulary's text
+embeddings (``describe.json`` ``vocabulary``, the run's CLIP) — the same numbers without a second run.
 
     python benchmarks/labelfree_agreement.py                       # run the demo (resumes a finished run) and measure
     python benchmarks/labelfree_agreement.py --restart             # from scratch (neuronscan run --restart)
@@ -76,6 +79,31 @@ def _frac(k: int, n: int) -> float | None:
     return round(k / n, 4) if n else None
 
 
+def other_method_labels(run_dir: Path, info: dict) -> tuple[str, pd.DataFrame]:
+    """Per unit the patch label of the ``describe.method`` the run did not use, from its stored crop embeddings."""
+    from neuronscan.clip import embed_texts, load_clip
+    from neuronscan.describe import crop_scores, describe_units
+
+    summary = json.loads((run_dir / "describe" / "describe.json").read_text())
+    method = summary["settings"]["method"]
+    other = "soft_wpmi" if method == "mean_cosine" else "mean_cosine"
+    clip = summary["clip"]
+    bundle = load_clip(clip["model"], pretrained=clip.get("pretrained"), checkpoint=clip.get("checkpoint"))
+    vocab = summary["vocabulary"]
+    text = embed_texts(bundle, vocab)
+    crops = pd.read_parquet(run_dir / "describe" / "crops.parquet")
+    crops = crops[crops["embedding"].notna()]
+    frames = []
+    for layer, rows in crops.groupby("layer", sort=False):
+        units = np.unique(rows["unit"].to_numpy())
+        scores = crop_scores(np.stack(rows["embedding"].to_numpy()), np.searchsorted(units, rows["unit"].to_numpy()),
+                             rows["rank"].to_numpy(), text, n_units=len(units), method=other,
+                             top_m=int(summary["counts"]["top_m"]))
+        d = describe_units(scores, vocab, top_n=1)
+        frames.append(pd.DataFrame({"layer": layer, "unit": units, "other_label": d["patch_label"].to_numpy()}))
+    return other, pd.concat(frames, ignore_index=True)
+
+
 def measure(run_dir: Path) -> dict:
     from neuronscan.demo.model import HEAD_CONCEPTS
     from neuronscan.io import RunDir, run_alpha
@@ -89,22 +117,23 @@ def measure(run_dir: Path) -> dict:
     edges = list(zip(h["concept"], h["parent"]))
     anc, roots = _related_sets(edges)
     concepts = set(anc)
+    other, other_labels = other_method_labels(run_dir, info)
     units = neurons.merge(desc[["layer", "unit", "patch_label", "patch_score", "n_crops"]], on=["layer", "unit"],
-                          how="left")
+                          how="left").merge(other_labels, on=["layer", "unit"], how="left")
     layers = list(pd.unique(neurons["layer"]))
     sig = units[(units["best_q"] <= alpha) & ~units["dead"].astype(bool) & units["best_concept"].notna()]
 
     # (a) units with a significant labelled concept
-    a = {"alpha": alpha, "layers": {}, "all": {}}
-    for label in ("clip_label", "patch_label"):
+    a = {"alpha": alpha, "other_label": f"patch label by {other} (the method the run did not use)", "layers": {},
+         "all": {}}
+    labels = ("clip_label", "patch_label", "other_label")
+    for label in labels:
         a["all"][label] = agreement(sig[label], sig["best_concept"], anc, roots)
     for layer in layers:
         s = sig[sig["layer"] == layer]
-        a["layers"][layer] = {label: agreement(s[label], s["best_concept"], anc, roots)
-                              for label in ("clip_label", "patch_label")}
+        a["layers"][layer] = {label: agreement(s[label], s["best_concept"], anc, roots) for label in labels}
     conv = sig[sig["layer"] != "head"]
-    a["conv_layers"] = {label: agreement(conv[label], conv["best_concept"], anc, roots)
-                        for label in ("clip_label", "patch_label")}
+    a["conv_layers"] = {label: agreement(conv[label], conv["best_concept"], anc, roots) for label in labels}
 
     # (b) the output layer: unit k is class HEAD_CONCEPTS[k]
     head = units[units["layer"] == "head"].sort_values("unit")
@@ -113,6 +142,7 @@ def measure(run_dir: Path) -> dict:
     b = {"units": int(len(head)),
          "clip_label_own_class": _frac(int((head["clip_label"] == own).sum()), len(head)),
          "patch_label_own_class": _frac(int((head["patch_label"] == own).sum()), len(head)),
+         "other_label_own_class": _frac(int((head["other_label"] == own).sum()), len(head)),
          "patch_top5_own_class": _frac(int(sum(c in list(top5.get(u, [])) for u, c in zip(head["unit"], own))),
                                        len(head)),
          "per_unit": [{"unit": int(u), "class": c, "clip_label": _str(cl), "patch_label": _str(pl)}
@@ -136,14 +166,16 @@ def measure(run_dir: Path) -> dict:
             g = s[s["group"] == group]
             whole = agreement(g["clip_label"], g["best_concept"], anc, roots)
             patch = agreement(g["patch_label"], g["best_concept"], anc, roots)
+            alt = agreement(g["other_label"], g["best_concept"], anc, roots)
             w, p = whole["related"], patch["related"]
             winner = None if w is None else ("patch" if p > w else "whole image" if w > p else "tie")
             row[group] = {"units": whole["units"], "whole_image_related": w, "patch_related": p, "wins": winner,
-                          "whole_image_exact": whole["exact"], "patch_exact": patch["exact"]}
+                          "whole_image_exact": whole["exact"], "patch_exact": patch["exact"],
+                          "other_method_patch_related": alt["related"]}
         c["layers"][layer] = row
 
     distractor = {}
-    for label in ("clip_label", "patch_label"):
+    for label in labels:
         lab = units[label].dropna()
         distractor[label] = _frac(int((~lab.isin(concepts)).sum()), len(lab))
     return {"run_dir": str(run_dir), "run_id": info.get("run_id"),
@@ -166,23 +198,24 @@ def _pct(x) -> str:
 def report(m: dict) -> None:
     a, b, c = m["a_significant_units"], m["b_output_layer"], m["c_local_vs_global"]
     print(f"\n(a) units with a significant concept (best_q ≤ {a['alpha']}): {m['units_significant']} of {m['units']}")
-    print(f"  {'layer':<12} {'units':>6}  {'whole image: exact / related / below root':<44} patch: exact / related / "
-          "below root")
+    print(f"  exact / related / related below the roots; 'other': {a['other_label']}")
+    print(f"  {'layer':<12} {'units':>6}  {'whole image':<30} {'patch':<30} other")
     rows = [*a["layers"].items(), ("all", a["all"]), ("conv only", a["conv_layers"])]
     for layer, r in rows:
-        w, p = r["clip_label"], r["patch_label"]
-        print(f"  {layer:<12} {w['units']:>6}  {_pct(w['exact']):>9} / {_pct(w['related']):>8} / "
-              f"{_pct(w['related_below_root']):>8}{'':<16} {_pct(p['exact']):>9} / {_pct(p['related']):>8} / "
-              f"{_pct(p['related_below_root']):>8}")
+        cells = [" / ".join(_pct(r[k][m]) for m in ("exact", "related", "related_below_root"))
+                 for k in ("clip_label", "patch_label", "other_label")]
+        print(f"  {layer:<12} {r['clip_label']['units']:>6}  {cells[0]:<30} {cells[1]:<30} {cells[2]}")
     print(f"\n(b) output layer: {b['units']} units; own class — whole image {_pct(b['clip_label_own_class'])}, "
-          f"patch {_pct(b['patch_label_own_class'])} (patch top 5: {_pct(b['patch_top5_own_class'])})")
+          f"patch {_pct(b['patch_label_own_class'])} (patch top 5: {_pct(b['patch_top5_own_class'])}; other method "
+          f"{_pct(b['other_label_own_class'])})")
     print("\n(c) related agreement by best-concept group: whole image vs patch")
     for layer, row in c["layers"].items():
         cells = [f"{g}: {r['units']:>3} units, {_pct(r['whole_image_related'])} vs {_pct(r['patch_related'])} "
                  f"({r['wins'] or '—'})" for g, r in row.items()]
         print(f"  {layer:<12} " + " | ".join(cells))
     d = m["distractor_label_rate"]
-    print(f"\ndistractor labels: whole image {_pct(d['clip_label'])}, patch {_pct(d['patch_label'])}")
+    print(f"\ndistractor labels: whole image {_pct(d['clip_label'])}, patch {_pct(d['patch_label'])}, other method "
+          f"{_pct(d['other_label'])}")
 
 
 def main(argv: list[str] | None = None) -> int:

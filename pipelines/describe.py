@@ -461,7 +461,8 @@ def _describe(run: RunDir, cfg, *, quiet: bool, lock_token: str, address: str | 
     settings = d.model_dump(mode="json")
     write_json_atomic({
         "settings": settings, "clip": {**plan.clip, **clip_info}, "input_size": plan.input_size,
-        "decode_size": plan.decode_size, "receptive_fields": {k: v.as_dict() for k, v in plan.fields.items()},
+        "decode_size": plan.decode_size, "vocabulary": plan.vocabulary,
+        "receptive_fields": {k: v.as_dict() for k, v in plan.fields.items()},
         "counts": counts, "timings": timings, "finished": finished,
     }, files["summary"])
     if run.read_info():
