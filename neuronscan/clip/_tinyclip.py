@@ -1,8 +1,9 @@
 """neuronscan-tinyclip: a tiny open_clip CLIP trained on the shapes world, and its word-level tokenizer.
 
 The architecture is an ordinary open_clip ``CLIP`` (CLIP's modified ResNet as the image tower on 64²
-images, a causal transformer text tower, 64-d embeddings), registered with open_clip under :data:`TINYCLIP_MODEL` from the packaged
-``data/neuronscan-tinyclip.json``, so ``open_clip.create_model('neuronscan-tinyclip')`` builds it.
+images, a causal transformer text tower, 64-d embeddings), registered with open_clip under
+:data:`TINYCLIP_MODEL` from the packaged ``data/neuronscan-tinyclip.json``, so
+``open_clip.create_model('neuronscan-tinyclip')`` builds it.
 Its weights are trained by ``python -m neuronscan.demo.train_clip`` and packaged as
 ``neuronscan/demo/tinyclip.pt``; :func:`neuronscan.clip.load_clip` loads them by the model name alone.
 
