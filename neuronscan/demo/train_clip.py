@@ -26,8 +26,9 @@ background), per concept group (round/angular, warm/cool, plain/patterned) and f
 (the best of all 576 full captions). The README states the packaged checkpoint's figures.
 
 Reproducibility: everything derives from ``--seed``; ``torch.use_deterministic_algorithms(True)`` is on
-and ``--threads`` fixes the thread count (default 1). With the same torch build, CPU type and threads the
-checkpoint is bit-identical.
+and ``--threads`` fixes the thread count (default 1), so two trainings with the same seed, torch build, CPU
+type and threads give the same weights (tested on a short run in one process; the full run's file was not
+re-trained to compare its bytes). A different thread count, CPU or torch version changes float rounding.
 """
 
 from __future__ import annotations
