@@ -119,7 +119,7 @@ def plan_discover(run_dir: str | RunDir, cfg, section=None) -> DiscoverPlan:
     """
     from neuronscan.discover import competing_outputs, output_names
     from neuronscan.errors import ModelError
-    from neuronscan.models import build_model, list_layers
+    from neuronscan.models import build_model, list_layers, resolve_layers
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     s = section if section is not None else cfg.discover
@@ -139,8 +139,8 @@ def plan_discover(run_dir: str | RunDir, cfg, section=None) -> DiscoverPlan:
     spec = build_model(**model_kwargs)
     if cfg.data.image_size:
         spec.input_size = cfg.data.image_size
-    layer = s.layer or mcfg.layers[-1]
     infos = {info.name: info for info in list_layers(spec)}
+    layer = s.layer or resolve_layers(list(mcfg.layers), list(infos), model_name=mcfg.name)[-1]
     if layer not in infos:
         raise ModelError(f"discover.layer {layer!r} is not a module of {mcfg.name} (give a module name such as "
                          f"{', '.join(list(infos)[-3:])}; `neuronscan layers {mcfg.name}` lists them)")
@@ -587,7 +587,7 @@ def _class_summary(c: dict, res: dict, imp: pd.DataFrame) -> dict:
     return {
         "class": c["class"], "layer": c["layer"], "index": c["index"], "n_failed": res["n_failed"],
         "seconds": round(res["seconds"], 3), "timings": r.timings,
-        "quality": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.quality.items()},
+        "quality": {k: (_f(v) if isinstance(v, float) else v) for k, v in r.quality.items()},
         "metrics": r.metrics,
         "concepts": [{"concept": int(x.concept), "name": x.best_concept, "name_q": _f(x.name_q),
                       "name_auc": _f(x.name_auc), "sobol": _f(x.sobol), "gradient_input": _f(x.gradient_input),
@@ -597,6 +597,7 @@ def _class_summary(c: dict, res: dict, imp: pd.DataFrame) -> dict:
 
 
 def _f(v) -> float | None:
+    """A finite float to 6 significant digits (q-values far below 1e-6 keep their magnitude), else None."""
     v = float(v)
-    return round(v, 6) if np.isfinite(v) else None
+    return float(f"{v:.6g}") if np.isfinite(v) else None
 

@@ -125,6 +125,9 @@ def test_plan_refuses_what_it_cannot_do(probed):
     assert {c["class"] for c in plan.classes} | set(plan.skipped) == set(
         __import__("neuronscan.demo.model", fromlist=["HEAD_CONCEPTS"]).HEAD_CONCEPTS)
     assert all("min_images" in reason for reason in plan.skipped.values())
+    assert plan.layer == "conv4"  # discover.layer unset: the last of model.layers, globs resolved
+    globbed = cfg.model_copy(update={"model": cfg.model.model_copy(update={"layers": ["conv[23]"]})})
+    assert plan_discover(run_dir, globbed).layer == "conv3"
 
 
 def test_the_command_probes_a_new_run_then_discovers(probed, capsys):
