@@ -66,6 +66,10 @@ def score_run(cfg: RunConfig, run_dir: str | RunDir, *, quiet: bool = False):
         "score": {**summary.counts, "scored": _now()},
         "config": {"score": cfg.score.model_dump(mode="json")},
     })
+    if run.exists(run.path("explain")):
+        from pipelines.explain import explain_interpretability
+
+        explain_interpretability(run, alpha=cfg.score.alpha)  # explainers' components against the raw units
     return summary
 
 
@@ -179,6 +183,10 @@ def _run_stages(cfg: RunConfig, run: RunDir, plan, stages, *, report: bool, quie
                 f"every input failed: 0 processed + {ps.n_failed:,} failed = {ps.n_inputs:,} inputs "
                 f"({reasons or 'no reason recorded'}); nothing to score. The reason of each input is in {run.images}"
             )
+    if "explain" in stages or ("probe" in stages and "score" in stages and cfg.explain.enabled):
+        from pipelines.explain import explain_run
+
+        explain_run(cfg, run, quiet=quiet, lock_token=lock_token)  # its derived layers are scored with the rest
     summary = None
     if "score" in stages:
         summary = score_run(cfg, run, quiet=quiet)

@@ -13,7 +13,7 @@ import os
 import sys
 
 from neuronscan import __version__
-from neuronscan.cli import audit, cluster, describe, discover, hierarchy, models, quality, results
+from neuronscan.cli import audit, cluster, describe, discover, explain, hierarchy, models, quality, results
 from neuronscan.cli._common import FORMATTER, examples
 from neuronscan.errors import NeuronscanError
 
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"neuronscan {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    for group in (audit, hierarchy, describe, discover, models, results, quality, cluster):
+    for group in (audit, hierarchy, describe, discover, explain, models, results, quality, cluster):
         HANDLERS.update(group.add_parsers(sub))
     return parser
 

@@ -525,6 +525,147 @@ class HierarchySection(_Section):
         return self
 
 
+class ExplainSparsitySection(_Section):
+    """A sparse autoencoder's sparsity: TopK (the k largest pre-activations per image, AuxK for dead components)
+    or JumpReLU (a learnt threshold per component, an L0 penalty, a straight-through estimator)."""
+
+    activation: Literal["topk", "jumprelu"] = Field("topk", description="TopK or JumpReLU components.")
+    k: Int = Field(8, ge=1, description="TopK: components kept per image.")
+    aux_k: Int | None = Field(
+        None, ge=1, description="TopK: dead components that reconstruct the residual in the AuxK loss; default 2k.")
+    aux_coefficient: Float = Field(1 / 32, ge=0, description="TopK: weight of the AuxK loss (0 turns it off).")
+    dead_after: Int | None = Field(
+        None, ge=1, description="TopK: a component is dead for AuxK after this many images without firing; "
+        "default one epoch's images.")
+    threshold: Float = Field(
+        0.5, gt=0, description="JumpReLU: initial threshold (inputs are normalised to unit mean square per unit).")
+    l0_coefficient: Float = Field(0.01, ge=0, description="JumpReLU: weight of the L0 penalty.")
+    bandwidth: Float = Field(0.1, gt=0, description="JumpReLU: width of the straight-through estimator's kernel.")
+
+
+class ExplainPartSection(_Section):
+    """Zhang et al.'s explainer network on a conv layer's feature maps: interpretable encoder filters (part
+    templates), a decoder reconstructing the features, distillation of the model's outputs."""
+
+    reduce: Literal["max", "mean"] = Field(
+        "max", description="Per-image statistic of each component's map written to the derived layer.")
+    kernel_size: Int = Field(3, ge=1, le=7, description="The encoder's kernel (odd).")
+    hidden: Float = Field(1.0, gt=0, description="The decoder's hidden channels, as a multiple of the layer's.")
+    ordinary_width: Float = Field(
+        0.0, ge=0, description="Ordinary (unconstrained, not audited) encoder filters, as a multiple of the "
+        "layer's channels: Zhang's second track, for what no part explains.")
+    part_weight: Float = Field(1.0, ge=0, description="Weight of the part-template loss (-MI per filter).")
+    distill_weight: Float = Field(1.0, ge=0, description="Weight of the distillation loss (target output/both).")
+    reconstruction_weight: Float = Field(1.0, ge=0, description="Weight of the feature reconstruction loss.")
+    beta: Float = Field(4.0, gt=0, description="Fall-off of the templates: 1 - beta * L1 distance / side.")
+    tau: Float | None = Field(
+        None, gt=0, description="Template height; default 0.5 / (h * w) as Zhang et al. (maps are normalised to "
+        "mean 1 per filter first).")
+    alpha: Float | None = Field(
+        None, gt=0, lt=1, description="Prior of the positive templates; default n^2 / (1 + n^2).")
+    mask: Bool = Field(True, description="Mask each filter's map by the template of its own peak before decoding.")
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 != 1:
+            raise ValueError(f"must be odd, got {value}")
+        return value
+
+
+_EXPLAIN_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+
+
+class ExplainerSection(_Section):
+    """One explainer of one layer (`neuronscan explain-train`); its components become the derived layer
+    ``<layer>@<name>`` (a part explainer's ``<layer>:<reduce>@<name>``), scored and reported like units."""
+
+    layer: str | None = Field(
+        None, description="sae: a probed layer statistic (conv4:mean); part: a conv module (conv3) whose feature "
+        "maps the model computes again on the run's images.")
+    family: Literal["sae", "part"] = Field(
+        "sae", description="sae: sparse autoencoder on the probe's per-image statistic; part: Zhang's explainer.")
+    name: str | None = Field(None, description="Names the derived layer <layer>@<name>; default: the family.")
+    width: Float = Field(2.0, gt=0, le=64, description="Components as a multiple of the layer's units.")
+    sparsity: ExplainSparsitySection = Field(default_factory=ExplainSparsitySection)
+    part: ExplainPartSection = Field(default_factory=ExplainPartSection)
+    target: Literal["features", "output", "both"] | None = Field(
+        None, description="What the decoder is trained to give back: the layer's features, the model's outputs "
+        "computed from the reconstruction (distillation), or both; default: features (sae), both (part). sae "
+        "takes features only.")
+    epochs: Int = Field(20, ge=1, description="Passes over the training images; raising it resumes training.")
+    batch_size: Int = Field(128, ge=1, description="Images per step, over all workers.")
+    lr: Float = Field(1e-3, gt=0, description="Adam's learning rate.")
+    seed: Int = Field(0, ge=0, description="Seeds the weights, the image order of every epoch and the subsample.")
+    max_images: Int | None = Field(
+        None, ge=2, description="Train on at most this many of the run's ok images (seeded); default all. "
+        "Components are written for every image.")
+    num_workers: Int = Field(1, ge=1, description="Ray Train workers (data-parallel).")
+    use_gpu: Bool = Field(False, description="One GPU per worker; never assumed.")
+    cpus_per_worker: Float = Field(1.0, gt=0, description="CPUs reserved per worker (fractions allowed).")
+    torch_threads: Int | None = Field(None, ge=1, description="torch intra-op threads per worker; default: its CPUs.")
+    max_failures: Int = Field(1, ge=0, description="Worker-group restarts after a failure (each resumes from the "
+                              "last checkpoint).")
+    accuracy: Bool = Field(True, description="Measure the model's accuracy with the reconstruction substituted "
+                           "(a pass of the model over the run's images; needs known output concepts).")
+    stability_min_images: Int = Field(
+        10, ge=2, description="Images a component must fire on for its location instability to count.")
+
+    @field_validator("name")
+    @classmethod
+    def _file_safe(cls, value: str | None) -> str | None:
+        import re
+
+        if value is not None and not re.fullmatch(_EXPLAIN_NAME, value):
+            raise ValueError(f"must be letters, digits, '_', '.', '-' (starting with a letter or digit), got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _family_target(self) -> ExplainerSection:
+        if self.family == "sae" and self.target not in (None, "features"):
+            raise ValueError("family sae reconstructs the layer's features only (target: features); the model's "
+                             "outputs need its feature maps: use family part")
+        if self.layer is not None and "@" in self.layer:
+            raise ValueError(f"layer {self.layer!r} is a derived layer; explain a probed one")
+        return self
+
+    @property
+    def resolved_name(self) -> str:
+        return self.name or self.family
+
+    @property
+    def resolved_target(self) -> str:
+        return self.target or ("features" if self.family == "sae" else "both")
+
+
+class ExplainSection(ExplainerSection):
+    """Explainers and sparse autoencoders: ``neuronscan explain-train CONFIG`` trains them on a probed run; with
+    ``enabled``, ``neuronscan run`` trains them after the probe and before score. The keys of this section are
+    one explainer; ``also`` lists more (each with the same keys). See docs/algorithms.md ("Explainers")."""
+
+    enabled: Bool = Field(False, description="Train the explainers in `neuronscan run` (after the probe).")
+    also: list[ExplainerSection] = Field(
+        default_factory=list, description="Further explainers, each with the keys of this section (its own "
+        "defaults, nothing inherited).")
+
+    @model_validator(mode="after")
+    def _layers_given(self) -> ExplainSection:
+        missing = [f"also[{i}].layer" for i, e in enumerate(self.also) if e.layer is None]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} is required")
+        if self.enabled and not self.explainers():
+            raise ValueError("enabled needs an explainer: set layer (and family), or list them under also")
+        names = [(e.layer, e.resolved_name, e.part.reduce if e.family == "part" else None) for e in self.explainers()]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two explainers have the same layer and name: {names}; give each a name")
+        return self
+
+    def explainers(self) -> list[ExplainerSection]:
+        """This section's explainer (when it has a layer) and those of ``also``, in that order."""
+        first = ExplainerSection.model_validate(self.model_dump(exclude={"enabled", "also"}))
+        return ([first] if first.layer is not None else []) + list(self.also)
+
+
 class RaySection(_Section):
     address: str | None = Field(None, description="Ray cluster address; default: RAY_ADDRESS or a local Ray.")
     num_cpus: Int | None = Field(None, ge=1, description="CPUs of the local Ray; default: the machine's.")
@@ -536,6 +677,7 @@ class RunConfig(_Section):
 
     discover: DiscoverSection = Field(default_factory=DiscoverSection)
     run: RunSection = Field(default_factory=RunSection)
+    explain: ExplainSection = Field(default_factory=ExplainSection)
     data: DataSection
     model: ModelSection
     probe: ProbeSection = Field(default_factory=ProbeSection)
