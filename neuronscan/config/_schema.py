@@ -29,6 +29,7 @@ __all__ = [
     "ModelSection",
     "ProbeSection",
     "ClipSection",
+    "VocabularyLLMSection",
     "ScoreSection",
     "CompositionalSection",
     "RaySection",
@@ -218,16 +219,107 @@ class ModelSection(_Section):
         return tuple(numbers)
 
 
+class VocabularyLLMSection(_Section):
+    """An LLM-proposed vocabulary (``clip.vocabulary: llm``) from an OpenAI-compatible chat endpoint."""
+
+    url: str = Field(
+        ..., description="Base URL of the OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1 (POST "
+        "<url>/chat/completions); a URL ending in /chat/completions is used as is."
+    )
+    model: str = Field(..., min_length=1, description="The endpoint's model name.")
+    api_key_env: str | None = Field(
+        None, description="Name of the environment variable holding the API key (sent as a Bearer token); "
+        "the key itself never goes in a config. Default: no key."
+    )
+    n_words: Int = Field(200, ge=1, le=20000, description="Words to ask for (at most this many are kept).")
+    timeout_s: Float = Field(60.0, gt=0, le=600, description="Deadline of one request, connecting and reading.")
+    retries: Int = Field(2, ge=0, le=5, description="Retries after a connection error, timeout, HTTP 429 or 5xx.")
+    cache_dir: str | None = Field(
+        None, description="Folder of cached answers (<sha256 of the request>.json); default "
+        "$NEURONSCAN_CACHE_DIR/vocabulary_llm, else $XDG_CACHE_HOME/neuronscan/vocabulary_llm, else "
+        "~/.cache/neuronscan/vocabulary_llm."
+    )
+    prompt: str | None = Field(
+        None, min_length=1, description="The user message; {n_words} and {concepts} (the labelled concepts) are "
+        "filled in. Default: a request for a JSON array of visual concepts."
+    )
+    temperature: Float = Field(0.0, ge=0, le=2)
+    fallback: str = Field(
+        "builtin:colours,textures,materials,shapes,parts,scenes",
+        description="Vocabulary used, with a warning, when the endpoint is unreachable, errs, stalls or answers "
+        "junk: builtin:NAME[,NAME...] or a text file.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not carry credentials (user:password@); put the API key in the environment "
+                             "variable named by api_key_env")
+        return value.strip()
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        import re
+
+        if value is not None and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value) is None:
+            raise ValueError("must be the name of an environment variable (letters, digits, _), not the key itself")
+        return value
+
+    @field_validator("fallback")
+    @classmethod
+    def _fallback_lists(cls, value: str) -> str:
+        from neuronscan.clip._builtin import is_builtin_spec, parse_builtin_spec
+
+        if not value.strip():
+            raise ValueError("must be builtin:NAME[,NAME...] or a text file")
+        if is_builtin_spec(value):
+            parse_builtin_spec(value)
+        return value
+
+
 class ClipSection(_Section):
     """CLIP image embeddings in the probe pass, and label-free labels in the score stage."""
 
-    model: str = "ViT-B-32"
+    model: str = Field(
+        "ViT-B-32", description="open_clip architecture; neuronscan-tinyclip is the packaged shapes-world CLIP."
+    )
     pretrained: str | None = Field(None, description="open_clip pretrained tag, e.g. 'openai'.")
     checkpoint: str | None = None
     vocabulary: str | list[str] | None = Field(
-        None, description="Concept words for label-free labels: a list or a text file; default: the labelled concepts."
+        None, description="Concept words for label-free labels: a list, a text file, builtin:NAME[,NAME...] "
+        "(colours, textures, materials, shapes, parts, scenes, imagenet, english), or llm (proposed by the "
+        "vocabulary_llm endpoint); default: the labelled concepts."
+    )
+    vocabulary_llm: VocabularyLLMSection | None = Field(
+        None, description="The endpoint that proposes the words of vocabulary: llm."
     )
     top_k: Int = Field(100, ge=1)
+
+    @field_validator("vocabulary")
+    @classmethod
+    def _builtin_lists(cls, value: str | list[str] | None) -> str | list[str] | None:
+        from neuronscan.clip._builtin import is_builtin_spec, parse_builtin_spec
+
+        if is_builtin_spec(value):
+            parse_builtin_spec(value)
+        return value
+
+    @model_validator(mode="after")
+    def _llm_pairing(self) -> ClipSection:
+        is_llm = isinstance(self.vocabulary, str) and self.vocabulary.strip() == "llm"
+        if is_llm and self.vocabulary_llm is None:
+            raise ValueError("vocabulary 'llm' needs vocabulary_llm: {url, model, ...}")
+        if self.vocabulary_llm is not None and not is_llm:
+            raise ValueError("vocabulary_llm is set but vocabulary is not 'llm'; set vocabulary: llm to use it, "
+                             "or remove vocabulary_llm")
+        return self
 
 
 class ProbeSection(_Section):
