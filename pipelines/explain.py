@@ -266,9 +266,13 @@ def plan_explainer(cfg, run: RunDir, settings, *, lock_token: str | None = None)
         "train_ids": hashlib.sha256(np.asarray(train, dtype=np.int64).tobytes()).hexdigest(),
         "files": sorted(f.rsplit("/", 1)[-1] for f in files),
     })
+    # Ray Train runs its workers in a folder of its own: every local path they get is absolute.
+    root = RunDir(run.root if run.is_remote else os.path.abspath(run.root))
+    files = [f if is_remote(f) else os.path.abspath(f) for f in files]
+    uris = [u if not u or "://" in u or os.path.isabs(u) else os.path.abspath(u) for u in uris]
     return ExplainPlan(
         settings=settings_dict, family=s.family, source_layer=s.layer, derived=derived, compare_layer=compare,
-        run_dir=run.root, folder=run.explain(derived), n_units=n_units, width=width, ordinary=ordinary,
+        run_dir=root.root, folder=root.explain(derived), n_units=n_units, width=width, ordinary=ordinary,
         map_shape=map_shape, files=list(files), units=list(units), ids=[int(i) for i in ids], uris=uris,
         train_ids=[int(i) for i in train], landmarks=landmarks.tolist(), label_outputs=label_outputs,
         groups=groups, model_kwargs=model_kwargs, image_size=int(spec.input_size),

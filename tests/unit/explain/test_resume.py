@@ -118,3 +118,20 @@ def test_other_settings_train_anew_and_a_complete_explainer_is_skipped(tmp_path)
     assert _checkpoints(plan2.folder) == []
     assert not run.derived_committed_parts("planted:mean@sae")
     assert not (Path(plan2.folder) / "metrics.json").exists()
+
+
+def test_a_relative_run_directory_reaches_the_workers_as_absolute_paths(tmp_path, monkeypatch):
+    """Ray Train runs its workers in a folder of its own: a run given as runs/… must not be looked up there."""
+    import os
+
+    x, _d, c = planted_parts(n_images=50)
+    raw = planted_config(epochs=1)
+    monkeypatch.chdir(tmp_path)
+    write_planted_run(Path("runs/r"), x, c=c, config=raw)
+    _cfg, plan = _plan(raw, Path("runs/r"))
+    assert plan.run_dir == str(tmp_path / "runs" / "r")
+    assert plan.folder.startswith(plan.run_dir + "/explain/")
+    assert all(os.path.isabs(f) for f in plan.files)
+    monkeypatch.chdir(tmp_path.parent)
+    train_local(plan)  # from another folder
+    assert RunDir(plan.run_dir).derived_committed_parts("planted:mean@sae")
