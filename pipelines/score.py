@@ -1005,7 +1005,7 @@ def run_score(
 
 
 def _prepare_clip(run: RunDir, clip_cfg, concepts: list[str]) -> tuple[dict | None, list[str]]:
-    from neuronscan.clip import embed_texts, load_clip, load_vocabulary
+    from neuronscan.clip import embed_texts, load_clip, resolve_vocabulary
 
     # A crashed batch's parts never count; page checksums are verified as for activations.
     tables = [read_part(join(run.clip, n)) for n in run.committed_part_files(run.clip)]
@@ -1015,7 +1015,7 @@ def _prepare_clip(run: RunDir, clip_cfg, concepts: list[str]) -> tuple[dict | No
     ids = table.column("image_id").to_numpy()
     emb = np.stack(table.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
     uniq, first = np.unique(ids, return_index=True)
-    vocab = load_vocabulary(clip_cfg.vocabulary) if clip_cfg.vocabulary else list(concepts)
+    vocab = resolve_vocabulary(clip_cfg, concepts)  # the concepts, a file, builtin: lists, or an LLM's words
     bundle = load_clip(clip_cfg.model, pretrained=clip_cfg.pretrained, checkpoint=clip_cfg.checkpoint)
     text = embed_texts(bundle, vocab)
     return {"image_ids": uniq, "embeddings": emb[first], "text": text, "top_k": clip_cfg.top_k}, vocab

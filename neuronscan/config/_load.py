@@ -137,8 +137,14 @@ def _format_errors(exc: ValidationError) -> list[str]:
         elif err["type"] == "missing":
             msg = "required key is missing"
         shown = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(value, dict) else f" (got {value!r})"
+        if shown and loc and _SECRET_KEY.search(str(loc[-1])):
+            shown = " (the value is not shown: it may be a credential)"
         problems.append(f"{key}: {msg}{shown}")
     return problems
+
+
+_SECRET_KEY = re.compile(r"key|secret|token|passw", re.IGNORECASE)
+"""Config keys whose refused values an error message never echoes (``api_key_env`` given the key itself)."""
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:

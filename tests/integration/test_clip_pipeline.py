@@ -12,13 +12,14 @@ from neuronscan.config import config_from_dict
 def test_clip_embeddings_and_labels(ray_local, tmp_path):
     from pipelines.audit import run_audit
 
-    cfg = config_from_dict({
+    raw = {
         "run": {"out": str(tmp_path / "runs"), "run_id": "clip"},
         "data": {"shapes_world": {"root": str(tmp_path / "world"), "n_images": 48, "seed": 2}},
         "model": {"name": "tinycnn", "layers": ["conv2"], "reduce": ["mean"]},
         "probe": {"batch_size": 16, "topk": 4, "clip": {"model": "ViT-S-32", "top_k": 10}},
         "score": {"n_perm": 0, "compositional": {"enabled": False}},
-    })
+    }
+    cfg = config_from_dict(raw)
     result = run_audit(cfg, quiet=True, report=False)
     run_dir = tmp_path / "runs" / "tinycnn" / "clip"
     assert result["counts"]["ok"] == 48
@@ -35,3 +36,17 @@ def test_clip_embeddings_and_labels(ray_local, tmp_path):
     for row in neurons.itertuples():
         scores = table[(table["unit"] == row.unit)].set_index("concept")["clip_score"]
         assert scores.idxmax() == row.clip_label
+
+    # Rescored with an LLM vocabulary whose endpoint cannot be reached: the built-in fallback, with a warning.
+    from neuronscan.clip import load_vocabulary
+    from neuronscan.io import RunDir
+    from pipelines import score_run
+
+    llm = {"url": "http://127.0.0.1:9/v1", "model": "m", "timeout_s": 2, "retries": 0,
+           "cache_dir": str(tmp_path / "cache"), "fallback": "builtin:colours"}
+    cfg2 = config_from_dict({**raw, "probe": {**raw["probe"], "clip": {"model": "ViT-S-32", "top_k": 10,
+                                                                      "vocabulary": "llm", "vocabulary_llm": llm}}})
+    score_run(cfg2, RunDir(str(run_dir)), quiet=True)
+    colours = set(load_vocabulary("builtin:colours"))
+    neurons = pd.read_parquet(run_dir / "neurons.parquet")
+    assert neurons["clip_label"].notna().all() and set(neurons["clip_label"]) <= colours

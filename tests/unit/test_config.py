@@ -188,3 +188,17 @@ def test_strict_keys_read_from_yaml_and_from_set(tmp_path):
         "probe.batch_size: expected an integer, got true",
         'score.alpha: expected a number, got "0.05" (a quoted string: write it without quotes)',
     ]
+
+
+def test_a_refused_credential_like_value_is_never_echoed():
+    """A key pasted where the name of its environment variable belongs is refused without being printed."""
+    from neuronscan.errors import ConfigError
+
+    secret = "sk-live-0123456789abcdef"
+    raw = {"data": {"folder": "."}, "model": {"name": "resnet18", "layers": ["layer4"]},
+           "probe": {"clip": {"vocabulary": "llm",
+                              "vocabulary_llm": {"url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": secret}}}}
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(raw)
+    text = str(err.value)
+    assert "api_key_env" in text and secret not in text and "not shown" in text
