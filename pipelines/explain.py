@@ -562,6 +562,9 @@ def _train_worker(config: dict) -> None:
     layer."""
     import torch
 
+    if not config.get("local"):
+        # Ray Train logs every report at INFO (one line per epoch and explainer): the driver prints the outcome.
+        logging.getLogger("ray.train").setLevel(logging.WARNING)
     for raw in config["plans"]:
         plan = ExplainPlan(**raw)
         s = plan.settings
@@ -879,7 +882,7 @@ class _SaeJob(_Job):
             acc.load_vector(total[d + p.width + 2 :])
         metrics = self._base_metrics()
         metrics["fidelity"] = {"explained_variance": ev.explained_variance(), "mse": ev.mse(),
-                               "explained_on": f"{p.source_layer} (per-image statistic)",
+                               "explained_on": f"{p.source_layer}, the per-image statistic",
                                "accuracy": acc.summary() if acc else None}
         metrics["sparsity"] = {"mean_l0": float(l0[0] / max(l0[1], 1)), "fraction_active":
                                float(l0[0] / max(l0[1] * p.width, 1))}
@@ -1098,7 +1101,7 @@ class _PartJob(_Job):
         metrics = self._base_metrics()
         metrics["fidelity"] = {
             "explained_variance": ev_map.explained_variance(), "mse": ev_map.mse(),
-            "explained_on": f"{p.source_layer} feature maps (every channel and position)",
+            "explained_on": f"{p.source_layer} feature maps, every channel and position",
             "explained_variance_pooled": ev_pool.explained_variance(),
             "pooled_statistic": reduce,
             "interpretable_energy_fraction": float(energy[0] / energy[1]) if energy[1] > 0 else float("nan"),
@@ -1233,7 +1236,11 @@ def write_readme(folder: str, metrics: dict) -> None:
                   f"| mean best AUPRC: components / raw units | {f(comp.get('mean_best_auprc'))} / "
                   f"{f(raw.get('mean_best_auprc'))} |",
                   f"| mean significant concepts per unit: components / raw units | "
-                  f"{f(comp.get('mean_n_significant'), 2)} / {f(raw.get('mean_n_significant'), 2)} |"]
+                  f"{f(comp.get('mean_n_significant'), 2)} / {f(raw.get('mean_n_significant'), 2)} |",
+                  f"| mean depth of the best concept: components / raw units | "
+                  f"{f(comp.get('mean_best_depth'), 2)} / {f(raw.get('mean_best_depth'), 2)} |",
+                  f"| mean AUC of the best formula (exploratory): components / raw units | "
+                  f"{f(comp.get('mean_formula_auc'))} / {f(raw.get('mean_formula_auc'))} |"]
     else:
         lines.append("| interpretability | not scored yet (`neuronscan score --run RUN`) |")
     lines += [

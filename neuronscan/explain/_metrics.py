@@ -14,7 +14,8 @@ so a worker can sum its share and the sums add up over workers.
   image diagonal; lower is a steadier part (`DistanceSums`).
 - **Interpretability** (`interpretability`): from the score stage's ``neurons.parquet``, the fraction of a layer's
   live units with a significant concept (q ≤ α and AUC > ½, as ``n_significant`` counts them), their mean
-  ``best_auprc``, ``best_auc``, ``best_correlation``, ``n_significant`` and depth of the best concept.
+  ``best_auprc``, ``best_auc``, ``best_correlation``, ``n_significant`` and depth of the best concept, and of their
+  best compositional formula's AUC (exploratory) the mean and the fraction ≥ 0.9.
 """
 
 from __future__ import annotations
@@ -200,6 +201,11 @@ def interpretability(neurons: pd.DataFrame, layer: str, concepts: pd.DataFrame |
         "mean_n_significant": _mean(live.get("n_significant")),
         "median_n_significant": float(live["n_significant"].fillna(0).median()) if len(live) else float("nan"),
     }
+    if "formula_auc" in live:
+        # The best compositional formula (exploratory): a component may be a conjunction of concepts.
+        formula = pd.to_numeric(live["formula_auc"], errors="coerce")
+        out["mean_formula_auc"] = _mean(formula)
+        out["frac_formula_auc_90"] = float((formula >= 0.9).mean()) if len(live) else float("nan")
     if concepts is not None and len(concepts) and "depth" in concepts:
         depth = concepts.drop_duplicates("concept").set_index("concept")["depth"]
         best = live["best_concept"].dropna().map(depth)

@@ -133,6 +133,7 @@ def test_interpretability_counts_live_units():
         "best_correlation": [0.8, 0.1, np.nan, 0.6, 0.3, 0.5],
         "n_significant": [2, 0, 0, 1, 3, 5],
         "dead": [False, False, True, False, False, False],
+        "formula_auc": [0.95, 0.7, np.nan, 0.9, 0.99, 0.8],
     })
     concepts = pd.DataFrame({"concept": ["red", "circle", "round"], "depth": [2, 2, 1]})
     out = interpretability(neurons, "a@sae", concepts)
@@ -141,6 +142,8 @@ def test_interpretability_counts_live_units():
     assert out["mean_best_auprc"] == pytest.approx(0.7)
     assert out["mean_n_significant"] == pytest.approx(1.0)
     assert out["mean_best_depth"] == pytest.approx(2.0)
+    assert out["mean_formula_auc"] == pytest.approx((0.95 + 0.7 + 0.9) / 3)
+    assert out["frac_formula_auc_90"] == pytest.approx(2 / 3)
     raw = interpretability(neurons, "a", concepts)
     assert raw["frac_significant"] == 1.0 and raw["mean_best_depth"] == pytest.approx(1.5)
     assert interpretability(neurons, "missing") == {"layer": "missing", "units": 0}
