@@ -783,7 +783,8 @@ class RunConfig(_Section):
     def _describe_needs(self) -> RunConfig:
         """describe.top_m within probe.topk; an enabled describe stage has a CLIP model; llm words need an endpoint."""
         d = self.describe
-        if "top_m" in d.model_fields_set and d.top_m > self.probe.topk:  # the default is cut to probe.topk
+        # Only an enabled stage: a recorded config (run.json) sets every field, the disabled section's too.
+        if d.enabled and "top_m" in d.model_fields_set and d.top_m > self.probe.topk:  # the default is cut to topk
             raise ValueError(f"describe.top_m ({d.top_m}) is above probe.topk ({self.probe.topk}): the probe keeps "
                              "only probe.topk top images per unit")
         if d.enabled and d.model is None and self.probe.clip is None:

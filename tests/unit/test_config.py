@@ -202,3 +202,15 @@ def test_a_refused_credential_like_value_is_never_echoed():
         config_from_dict(raw)
     text = str(err.value)
     assert "api_key_env" in text and secret not in text and "not shown" in text
+
+
+def test_a_recorded_config_with_a_disabled_describe_section_loads_again():
+    """run.json records every field; a disabled describe section's top_m above probe.topk is no error."""
+    raw = {"data": {"folder": "."}, "model": {"name": "resnet18", "layers": ["layer4"]}, "probe": {"topk": 4}}
+    recorded = config_from_dict(raw).model_dump(mode="json")
+    recorded["describe"]["top_m"] = 5
+    assert config_from_dict(recorded).probe.topk == 4
+    recorded["describe"]["enabled"] = True
+    recorded["probe"]["clip"] = {"model": "neuronscan-tinyclip"}
+    with pytest.raises(ConfigError, match="describe.top_m"):
+        config_from_dict(recorded)
