@@ -81,7 +81,7 @@ def _cmd_explain_train(args) -> int:
               f"{_f(comp.get('frac_significant')) + '/' + _f(raw.get('frac_significant')):>17} "
               f"{_f(comp.get('mean_best_auprc')) + '/' + _f(raw.get('mean_best_auprc')):>15}")
         print(f"    {join(run.explain(metrics['derived_layer']), 'metrics.json')}")
-    if result.get("report"):
+    if result.get("report") and not (args.no_report or args.no_score):
         print(f"\nreport: {result['report']}")
     return 0
 

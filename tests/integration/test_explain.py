@@ -1,8 +1,9 @@
-"""``neuronscan run configs/demo_explain.yaml``, shrunk (a 120-image shapes world, conv3 and conv4, two epochs): the
-run trains both explainers with Ray Train between the probe and score, writes their components as the derived
-layers conv4:mean@sae and conv3:max@part, scores them with the units (neurons.parquet), records the figures
-(metrics.json, run.json) and shows them in the report; ``neuronscan explain-train`` then resumes the SAE for one
-more epoch from its last checkpoint and skips the complete part explainer."""
+"""``neuronscan run configs/demo_explain.yaml``, shrunk (a 120-image shapes world, conv3 and conv4, two epochs, two
+explainers): the run trains both with Ray Train (two data-parallel workers) between the probe and score, writes
+their components as the derived layers conv4:mean@sae and conv3:max@part, scores them with the units
+(neurons.parquet), records the figures (metrics.json, run.json) and shows them in the report; ``neuronscan
+explain-train`` then resumes the SAE for one more epoch from its last checkpoint and skips the complete part
+explainer."""
 
 from __future__ import annotations
 
@@ -35,8 +36,11 @@ def _overrides(tmp_path: Path, **extra) -> list[str]:
         "score.simulation.enabled": "false",
         "explain.epochs": 2,
         "explain.batch_size": 32,
-        "explain.also": "[{family: part, layer: conv3, width: 0.25, epochs: 2, batch_size: 32, cpus_per_worker: 1, "
-                        "part: {hidden: 0.25}}]",
+        # Two data-parallel workers (DDP over gloo) of half a CPU each, for both explainers: one fit.
+        "explain.num_workers": 2,
+        "explain.cpus_per_worker": 0.5,
+        "explain.also": "[{family: part, layer: conv3, width: 0.25, epochs: 2, batch_size: 32, num_workers: 2, "
+                        "cpus_per_worker: 0.5, part: {hidden: 0.25}}]",
         "ray.num_cpus": 2,
         **extra,
     }
@@ -87,7 +91,7 @@ def test_metrics_and_readme(demo_run):
         assert interp["components"]["units"] == m["components"]
         assert interp["raw_units"]["layer"] == m["compare_layer"]
         assert 0 <= interp["raw_units"]["frac_significant"] <= 1
-        assert len(m["training"]["history"]) == 2
+        assert len(m["training"]["history"]) == 2 and m["training"]["workers"] == 2
         assert Path(run.explain(m["derived_layer"]), "README.md").read_text().startswith(f"# {m['derived_layer']}")
     assert sae["sparsity"]["mean_l0"] <= 8 and sae["compare_layer"] == "conv4:mean"
     assert part["compare_layer"] == "conv3:max" and part["stability"]["raw_units_measured"] > 0
