@@ -20,7 +20,13 @@ from ._sanity import SANITY_METRICS, SanityResult, sanity_checks
 from ._score import score_block
 from ._significance import aligned_mask, best_concepts, multimodal_units, significant_mask, summarize_units
 from ._simulation import holdout_mask, simulation_scores
-from ._wpmi import soft_wpmi, soft_wpmi_log_conditional, top_mean_cosine
+from ._wpmi import (
+    soft_wpmi,
+    soft_wpmi_log_conditional,
+    soft_wpmi_log_conditional_from_top,
+    top_image_indices,
+    top_mean_cosine,
+)
 
 __all__ = [
     "Formula",
@@ -28,6 +34,8 @@ __all__ = [
     "compositional_search_units",
     "soft_wpmi",
     "soft_wpmi_log_conditional",
+    "soft_wpmi_log_conditional_from_top",
+    "top_image_indices",
     "top_mean_cosine",
     "ConceptLayout",
     "UnitRanks",

@@ -9,7 +9,14 @@ import warnings
 import numpy as np
 import pytest
 
-from neuronscan.stats._wpmi import soft_wpmi, soft_wpmi_log_conditional, top_mean_cosine
+import neuronscan.stats._wpmi as _wpmi_module
+from neuronscan.stats._wpmi import (
+    soft_wpmi,
+    soft_wpmi_log_conditional,
+    soft_wpmi_log_conditional_from_top,
+    top_image_indices,
+    top_mean_cosine,
+)
 
 
 def _naive_top(acts_col: np.ndarray, k: int) -> list[int]:
@@ -268,3 +275,214 @@ def test_stats_module_imports_no_ray_or_torch():
         "sys.exit(1 if bad else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# --- precision="float32": the fast path, against the float64 path and the naive oracle ----------
+
+
+def _normalised_inputs(seed, n_images, n_units, n_concepts, dim):
+    rng = np.random.default_rng(seed)
+    emb = rng.normal(size=(n_images, dim)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    txt = rng.normal(size=(n_concepts, dim)).astype(np.float32)
+    txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+    acts = np.maximum(rng.normal(size=(n_images, n_units)), 0.0).astype(np.float32)
+    return acts, emb, txt
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("top_k", [1, 5, 23, 60])
+def test_float32_matches_naive_oracle(seed, top_k):
+    acts, emb, txt = _random_inputs(seed)
+    got = soft_wpmi(acts, emb, txt, top_k=top_k, alpha=7.0, lam=0.7, weight_start=0.99,
+                    weight_end=0.9, precision="float32")
+    want = _naive_soft_wpmi(acts, emb, txt, top_k, 7.0, 0.7, 0.99, 0.9)
+    assert got.shape == (7, 5) and got.dtype == np.float64
+    # A few 1e-7 per term (float32 cosines and log1p), summed over top_k terms.
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * top_k)
+    np.testing.assert_array_equal(got.argmax(axis=1), want.argmax(axis=1))
+
+
+def test_float32_within_stated_bound_of_float64_at_100_top_images():
+    # CLIP-like sizes scaled down: 100 top images per unit, alpha 10, default weights.
+    acts, emb, txt = _normalised_inputs(3, n_images=4000, n_units=48, n_concepts=1500, dim=64)
+    exact = soft_wpmi_log_conditional(acts, emb, txt)
+    fast = soft_wpmi_log_conditional(acts, emb, txt, precision="float32")
+    assert fast.dtype == np.float64 and (fast <= 0).all()
+    # The module docstring's bound: 1e-4 at 100 top images (typically ~1e-6).
+    assert np.abs(fast - exact).max() < 1e-4
+    scores = soft_wpmi(acts, emb, txt), soft_wpmi(acts, emb, txt, precision="float32")
+    assert np.abs(scores[1] - scores[0]).max() < 2e-4
+    # Labels agree wherever float64's top two concepts are further apart than the error bound.
+    top2 = np.sort(scores[0], axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 4e-4
+    assert clear.mean() > 0.9
+    np.testing.assert_array_equal(scores[1][clear].argmax(axis=1), scores[0][clear].argmax(axis=1))
+
+
+@pytest.mark.parametrize("top_k", [10, 30, 100])
+def test_float32_planted_labels_equal_float64(top_k):
+    acts, emb, txt, planted = _planted_world(seed=1, per_concept=60)
+    exact = soft_wpmi(acts, emb, txt, top_k=top_k)
+    fast = soft_wpmi(acts, emb, txt, top_k=top_k, precision="float32")
+    np.testing.assert_array_equal(fast[: planted.size].argmax(axis=1), planted)
+    np.testing.assert_array_equal(fast.argmax(axis=1), exact.argmax(axis=1))  # null units too
+    np.testing.assert_allclose(fast, exact, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_exact_ties_go_to_the_lower_concept_index(precision):
+    # Concept 6 is a copy of concept 3 (and 7 of 0): their columns are equal to the last bit, so
+    # the argmax (first maximum) is the lower index in both precisions, for every unit.
+    acts, emb, txt, planted = _planted_world(seed=2)
+    txt = np.concatenate([txt, txt[[3, 0]]])
+    got = soft_wpmi(acts, emb, txt, top_k=20, precision=precision)
+    np.testing.assert_array_equal(got[:, 6], got[:, 3])
+    np.testing.assert_array_equal(got[:, 7], got[:, 0])
+    labels = got.argmax(axis=1)
+    np.testing.assert_array_equal(labels[: planted.size], planted)
+    assert not np.isin(labels, [6, 7]).any()
+
+
+@pytest.mark.parametrize(("precision", "atol"), [("float64", 1e-12), ("float32", 2e-5)])
+def test_shards_agree_with_the_whole_layer_and_repeats_are_bitwise(precision, atol):
+    # Image ranges are fixed by image index, so a shard meets the same ranges as the whole layer;
+    # only the BLAS's rounding of a row may depend on how many rows it multiplies at once.
+    acts, emb, txt = _normalised_inputs(4, n_images=3000, n_units=40, n_concepts=300, dim=32)
+    whole = soft_wpmi_log_conditional(acts, emb, txt, top_k=50, precision=precision)
+    np.testing.assert_array_equal(
+        soft_wpmi_log_conditional(acts, emb, txt, top_k=50, precision=precision), whole
+    )
+    parts = [
+        soft_wpmi_log_conditional(acts[:, cols], emb, txt, top_k=50, precision=precision)
+        for cols in (slice(0, 7), slice(7, 8), slice(8, 40))
+    ]
+    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=0, atol=atol)
+
+
+def test_float32_blocked_equals_unblocked(monkeypatch):
+    acts, emb, txt = _random_inputs(3, n_units=11)
+    whole = soft_wpmi(acts, emb, txt, top_k=9, precision="float32")
+    # One image per range and one pair per gathered chunk: a different float32 summation order.
+    monkeypatch.setattr(_wpmi_module, "_BLOCK_ELEMENTS", 1)
+    monkeypatch.setattr(_wpmi_module, "_GATHER_ELEMENTS", 1)
+    np.testing.assert_allclose(soft_wpmi(acts, emb, txt, top_k=9, precision="float32"), whole,
+                               rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_read_only_inputs_are_fine(precision):
+    acts, emb, txt = _random_inputs(7)
+    want = soft_wpmi(acts, emb, txt, top_k=6, precision=precision)
+    for arr in (acts, emb, txt):
+        arr.setflags(write=False)  # as Ray hands batches over
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = soft_wpmi(acts, emb, txt, top_k=6, precision=precision)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+@pytest.mark.parametrize("n_images", [500, 6000])
+def test_top_indices_equal_a_stable_sort(dtype, n_images):
+    # 6,000 images: small k take the sampled-threshold path (stride >= 2), large k the full one.
+    rng = np.random.default_rng(5)
+    acts = rng.integers(0, 3, size=(n_images, 10)).astype(dtype)  # heavy ties at every cut
+    acts[:, 0] = 0  # dead
+    acts[:, 1] = np.arange(n_images)[::-1]  # strictly decreasing
+    acts[:, 2] = rng.permutation(n_images)
+    acts[:, 3] = rng.integers(0, 1000, size=n_images)  # ties inside and at the top k
+    acts[:, 4] = 0
+    acts[rng.choice(n_images, 3, replace=False), 4] = 5  # fewer positives than k
+    acts[:, 5] = 0
+    acts[1::7, 5] = rng.permutation(acts[1::7, 5].size) + 1  # the top images off a stride-7 grid
+    for k in (1, 7, 23, 100, n_images - 1, n_images):
+        # _validate keeps float32/float64 activations and turns other dtypes into float64.
+        ranked = acts if acts.dtype != np.int64 else acts.astype(np.float64)
+        got = _wpmi_module._top_indices(ranked, k)
+        want = np.stack([_naive_top(acts[:, u], k) for u in range(acts.shape[1])])
+        np.testing.assert_array_equal(got, want)
+
+
+def test_unknown_precision_is_refused():
+    acts, emb, txt = _random_inputs(9)
+    with pytest.raises(ValueError, match=r"precision must be 'float64' or 'float32', got 'half'"):
+        soft_wpmi(acts, emb, txt, top_k=3, precision="half")
+    with pytest.raises(ValueError, match="precision must be"):
+        soft_wpmi_log_conditional(acts, emb, txt, top_k=3, precision=np.float32)
+
+
+# --- top images chosen once, soft-WPMI of many shards and layers in one call --------------------
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_from_top_equals_the_activation_entry(precision):
+    acts, emb, txt = _random_inputs(12, n_units=9)
+    for top_k in (1, 13, 60):
+        top = top_image_indices(acts, top_k=top_k)
+        assert top.shape == (9, top_k) and top.dtype == np.int64
+        np.testing.assert_array_equal(
+            soft_wpmi_log_conditional_from_top(top.astype(np.int32), emb, txt, precision=precision),
+            soft_wpmi_log_conditional(acts, emb, txt, top_k=top_k, precision=precision),
+        )
+
+
+def test_from_top_stacks_layers_into_one_call():
+    # Two "layers" over the same images: one call on their stacked top rows, split afterwards,
+    # equals the per-layer calls (float64 to 1e-12; the BLAS may round a row differently).
+    a1, emb, txt = _random_inputs(13, n_units=5)
+    a2 = np.random.default_rng(1).normal(size=(a1.shape[0], 8))
+    stacked = np.concatenate([top_image_indices(a1, top_k=10), top_image_indices(a2, top_k=10)])
+    both = soft_wpmi_log_conditional_from_top(stacked, emb, txt)
+    np.testing.assert_allclose(both[:5], soft_wpmi_log_conditional(a1, emb, txt, top_k=10),
+                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(both[5:], soft_wpmi_log_conditional(a2, emb, txt, top_k=10),
+                               rtol=0, atol=1e-12)
+
+
+def test_from_top_keeps_a_clamped_schedule():
+    acts, emb, txt = _random_inputs(8, n_images=12)
+    with pytest.warns(UserWarning, match="top_k=50 exceeds n_images=12") as record:
+        top = top_image_indices(acts, top_k=50)
+    assert record[0].filename == __file__ and top.shape == (7, 12)
+    with pytest.warns(UserWarning, match="exceeds n_images"):
+        want = soft_wpmi_log_conditional(acts, emb, txt, top_k=50)
+    np.testing.assert_array_equal(soft_wpmi_log_conditional_from_top(top, emb, txt, top_k=50), want)
+
+
+def test_from_top_errors():
+    acts, emb, txt = _random_inputs(9)
+    top = top_image_indices(acts, top_k=4)
+    with pytest.raises(ValueError, match="top must hold integer image indices, got dtype float64"):
+        soft_wpmi_log_conditional_from_top(top.astype(float), emb, txt)
+    with pytest.raises(ValueError, match="top holds image index 60, outside the 60 rows"):
+        soft_wpmi_log_conditional_from_top(top + 60 - top.max(), emb, txt)
+    with pytest.raises(ValueError, match="top holds image index -1"):
+        soft_wpmi_log_conditional_from_top(top - 1 - top.min(), emb, txt)
+    with pytest.raises(ValueError, match=r"top_k must be an integer >= k = 4 \(top's width\), got 3"):
+        soft_wpmi_log_conditional_from_top(top, emb, txt, top_k=3)
+    with pytest.raises(ValueError, match=r"top has 7 units but no images per unit"):
+        soft_wpmi_log_conditional_from_top(top[:, :0], emb, txt)
+    with pytest.raises(ValueError, match=r"top must be 2-D"):
+        soft_wpmi_log_conditional_from_top(top[0], emb, txt)
+    with pytest.raises(ValueError, match="text_embeddings has dimension 7 but image_embeddings has 8"):
+        soft_wpmi_log_conditional_from_top(top, emb, txt[:, :7])
+    with pytest.raises(ValueError, match="precision must be"):
+        soft_wpmi_log_conditional_from_top(top, emb, txt, precision="float16")
+    assert soft_wpmi_log_conditional_from_top(top[:0], emb, txt).shape == (0, 5)
+    with pytest.raises(ValueError, match="activations has 1 non-finite values"):
+        bad = acts.copy()
+        bad[0, 0] = np.inf
+        top_image_indices(bad)
+    assert top_image_indices(np.zeros((5, 0)), top_k=2).shape == (0, 2)
+
+
+def test_docstring_examples():
+    import doctest
+
+    import neuronscan.stats as stats
+
+    namespace = {"np": np, **{k: getattr(stats, k) for k in stats.__all__}}
+    result = doctest.testmod(_wpmi_module, extraglobs=namespace,
+                             optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 5 and result.failed == 0
