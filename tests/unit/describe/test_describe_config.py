@@ -22,7 +22,7 @@ def test_defaults_are_off_and_a_default_top_m_fits_any_topk():
 
 
 @pytest.mark.parametrize(("describe", "probe", "key"), [
-    ({"top_m": 8}, None, "probe.topk"),
+    ({"enabled": True, "model": "neuronscan-tinyclip", "top_m": 5}, None, "probe.topk"),
     ({"enabled": True}, None, "describe.model"),
     ({"pretrained": "openai"}, None, "describe.model"),
     ({"model": "ViT-B-32", "pretrained": "openai", "checkpoint": "x.pt"}, None, "not both"),
