@@ -45,6 +45,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -324,6 +325,13 @@ def compare(results: dict, files: dict, data: Path, top_k: int) -> dict:
     return out
 
 
+def dumps(doc) -> str:
+    """JSON with one key per line but lists of numbers on one line (the per-unit labels and margins)."""
+    text = json.dumps(doc, indent=1)
+    return re.sub(r"\[[-+0-9.,eE\s]*\]", lambda m: "[" + ", ".join(m.group(0)[1:-1].split()).replace(",,", ",") + "]",
+                  text)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n-images", type=int, default=50_000)
@@ -403,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     doc.update({"benchmark": "wpmi_scale", "clip_dissect": CLIP_DISSECT})
     doc["runs"][label] = run
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    args.out.write_text(dumps(doc) + "\n")
     print(f"wrote {args.out}")
     return 0
 
