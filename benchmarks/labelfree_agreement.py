@@ -1,29 +1,34 @@
 """Are the label-free labels right? Whole-image CLIP labels and patch descriptions against the labelled concepts.
 
 Runs ``neuronscan run configs/demo_labelfree.yaml`` (the shapes-world demo with the packaged tiny CLIP: the probe
-embeds every image, the score stage's soft-WPMI names each unit's ``clip_label``, the describe stage's crops name
-its ``patch_label``) in a child process, then measures, from the run's tables:
+embeds every image, the score stage's soft-WPMI names each unit's ``clip_label`` from its top 100 whole images, the
+describe stage's crops name its ``patch_label``) in a child process, then measures, from the run's tables:
 
 (a) **agreement with the labelled concept**: of the units with a significant labelled concept (``neurons.parquet``
     ``best_q ≤ score.alpha``, not dead), the fraction whose label-free label equals its ``best_concept`` or is an
     ancestor or descendant of it in the run's ``hierarchy.parquet`` (``related``; target ≥ 80 %) — also the stricter
-    fractions ``exact`` (the same word) and ``related_below_root`` (a root such as ``colour`` is an ancestor of
-    every colour: it does not count), per layer and over all layers;
+    ``exact`` (the same word) and ``related_below_root`` (a root such as ``colour``, an ancestor of every colour,
+    does not count), per layer, over the conv layers and over all layers;
 (b) **CLIP-Dissect's final-layer test**: the model's output units (``head``; unit k is the logit of
     ``neuronscan.demo.model.HEAD_CONCEPTS[k]``) labelled with their own class (target ≥ 90 %);
 (c) **patch vs whole image** on units whose best concept is *local* (a shape, colour or texture of the object:
     concepts under the roots ``shape``, ``colour``, ``texture``) and *global* (the background: under
     ``background``): ``related`` agreement of each label per layer and group, and which wins.
 
-Also: how often a distractor word of the vocabulary (not a concept of the world) is the label; and the patch
-labels the other ``describe.method`` would give (soft-WPMI over crops when the run used the mean cosine, and the
-other way round), scored from the run's own crop embeddings (``describe/crops.parquet``) and the vocabulary's text
-embeddings (``describe.json`` ``vocabulary``, the run's CLIP) — the same numbers without a second run.
+Beside the run's own ``patch_label`` it scores, from the run's stored crop embeddings (``describe/crops.parquet``)
+and the vocabulary's text embeddings (``describe.json``; the run's CLIP), the patch label of every
+``describe.method`` (``patch_zscore``, ``patch_mean_cosine``, ``patch_soft_wpmi``), and an **oracle**: the label
+the ground-truth labels of the same top images give (the concept most over-represented among a unit's top
+``describe.top_m`` images, ``(f_c − p_c) / √(p_c (1 − p_c))``), the best any description from those images can do.
+It also counts how often a distractor (a word that is not a concept of the world) is the label.
+
+``--min-crops 0.25,0.5,1`` reruns the describe stage on the run (``neuronscan describe RUN --set
+describe.min_crop=…``) for each value and records the same figures for each (1 = whole images: the patch path
+without patches), then describes the run again with its configured value.
 
     python benchmarks/labelfree_agreement.py                       # run the demo (resumes a finished run) and measure
-    python benchmarks/labelfree_agreement.py --restart             # from scratch (neuronscan run --restart)
+    python benchmarks/labelfree_agreement.py --restart --min-crops 0.25,0.5,1   # from scratch, with the sweep
     python benchmarks/labelfree_agreement.py --skip-run            # measure an existing run only
-    python benchmarks/labelfree_agreement.py --set describe.method=soft_wpmi --run-id demo_labelfree_wpmi
 
 Writes benchmarks/results/labelfree_agreement.json (``--out``) and prints the tables.
 """
@@ -45,16 +50,17 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_ROOTS = ("shape", "colour", "texture")
 GLOBAL_ROOTS = ("background",)
+METHODS = ("zscore", "mean_cosine", "soft_wpmi")
 
 
-def _related_sets(edges: list[tuple[str, str]]):
+def _hierarchy(run_dir: Path):
     from neuronscan.concepts import ancestors_map
     from neuronscan.concepts._labels import concept_depths
 
-    anc = ancestors_map(edges)
+    h = pd.read_parquet(run_dir / "hierarchy.parquet")
+    edges = list(zip(h["concept"], h["parent"]))
     depth = concept_depths(edges)
-    roots = {c for c, d in depth.items() if d == 0}
-    return anc, roots
+    return ancestors_map(edges), {c for c, d in depth.items() if d == 0}
 
 
 def agreement(labels: pd.Series, best: pd.Series, anc: dict[str, set[str]], roots: set[str]) -> dict:
@@ -66,9 +72,8 @@ def agreement(labels: pd.Series, best: pd.Series, anc: dict[str, set[str]], root
             continue
         a_b, a_l = anc.get(b, set()), anc.get(label, set())
         same = label == b
-        rel = same or label in a_b or b in a_l
         exact += same
-        related += rel
+        related += same or label in a_b or b in a_l
         below += same or (label in a_b and label not in roots) or (b in a_l and b not in roots)
     n = len(best)
     return {"units": int(n), "exact": _frac(exact, n), "related": _frac(related, n),
@@ -79,71 +84,93 @@ def _frac(k: int, n: int) -> float | None:
     return round(k / n, 4) if n else None
 
 
-def other_method_labels(run_dir: Path, info: dict) -> tuple[str, pd.DataFrame]:
-    """Per unit the patch label of the ``describe.method`` the run did not use, from its stored crop embeddings."""
+def method_labels(run_dir: Path) -> pd.DataFrame:
+    """Per unit the patch label of every ``describe.method``, scored from the run's stored crop embeddings."""
     from neuronscan.clip import embed_texts, load_clip
     from neuronscan.describe import crop_scores, describe_units
 
     summary = json.loads((run_dir / "describe" / "describe.json").read_text())
-    method = summary["settings"]["method"]
-    other = "soft_wpmi" if method == "mean_cosine" else "mean_cosine"
     clip = summary["clip"]
     bundle = load_clip(clip["model"], pretrained=clip.get("pretrained"), checkpoint=clip.get("checkpoint"))
     vocab = summary["vocabulary"]
     text = embed_texts(bundle, vocab)
-    crops = pd.read_parquet(run_dir / "describe" / "crops.parquet")
+    crops = pd.read_parquet(run_dir / "describe" / "crops.parquet", columns=["layer", "unit", "rank", "embedding"])
     crops = crops[crops["embedding"].notna()]
     frames = []
     for layer, rows in crops.groupby("layer", sort=False):
         units = np.unique(rows["unit"].to_numpy())
-        scores = crop_scores(np.stack(rows["embedding"].to_numpy()), np.searchsorted(units, rows["unit"].to_numpy()),
-                             rows["rank"].to_numpy(), text, n_units=len(units), method=other,
-                             top_m=int(summary["counts"]["top_m"]))
-        d = describe_units(scores, vocab, top_n=1)
-        frames.append(pd.DataFrame({"layer": layer, "unit": units, "other_label": d["patch_label"].to_numpy()}))
-    return other, pd.concat(frames, ignore_index=True)
+        emb = np.stack(rows["embedding"].to_numpy())
+        index = np.searchsorted(units, rows["unit"].to_numpy())
+        frame = pd.DataFrame({"layer": layer, "unit": units})
+        for method in METHODS:
+            scores = crop_scores(emb, index, rows["rank"].to_numpy(), text, n_units=len(units), method=method,
+                                 top_m=int(summary["counts"]["top_m"]))
+            frame[f"patch_{method}"] = describe_units(scores, vocab, top_n=1)["patch_label"].to_numpy()
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def oracle_labels(run_dir: Path, top_m: int, anc: dict[str, set[str]]) -> pd.DataFrame:
+    """Per unit the concept most over-represented among its top ``top_m`` images by their ground-truth labels."""
+    labels = pd.read_parquet(run_dir / "labels.parquet")
+    concepts = sorted(anc)
+    col = {c: i for i, c in enumerate(concepts)}
+    images = np.unique(labels["image_id"].to_numpy())
+    row = {int(i): k for k, i in enumerate(images)}
+    y = np.zeros((len(images), len(concepts)))
+    for i, c in zip(labels["image_id"], labels["concept"]):
+        for a in {c} | anc.get(c, set()):
+            y[row[int(i)], col[a]] = 1
+    p = y.mean(0)
+    sd = np.sqrt(np.maximum(p * (1 - p), 1e-12))
+    frames = []
+    for path in sorted((run_dir / "topk").glob("*.parquet")):
+        top = pd.read_parquet(path)
+        top = top[top["rank"] < top_m]
+        units, labs = [], []
+        for unit, g in top.groupby("unit"):
+            f = y[[row[int(i)] for i in g["image_id"] if int(i) in row]].mean(0)
+            z = np.where(p < 1, (f - p) / sd, -np.inf)
+            units.append(int(unit))
+            labs.append(concepts[int(np.argmax(z))])
+        layer = path.stem.replace("__", ":")
+        frames.append(pd.DataFrame({"layer": layer, "unit": units, "oracle": labs}))
+    return pd.concat(frames, ignore_index=True)
 
 
 def measure(run_dir: Path) -> dict:
     from neuronscan.demo.model import HEAD_CONCEPTS
     from neuronscan.io import RunDir, run_alpha
 
-    run = RunDir(str(run_dir))
-    info = run.read_info() or {}
+    info = RunDir(str(run_dir)).read_info() or {}
     alpha = run_alpha(info) or 0.05
+    summary = json.loads((run_dir / "describe" / "describe.json").read_text())
+    method = summary["settings"]["method"]
     neurons = pd.read_parquet(run_dir / "neurons.parquet")
     desc = pd.read_parquet(run_dir / "descriptions.parquet")
-    h = pd.read_parquet(run_dir / "hierarchy.parquet")
-    edges = list(zip(h["concept"], h["parent"]))
-    anc, roots = _related_sets(edges)
+    anc, roots = _hierarchy(run_dir)
     concepts = set(anc)
-    other, other_labels = other_method_labels(run_dir, info)
-    units = neurons.merge(desc[["layer", "unit", "patch_label", "patch_score", "n_crops"]], on=["layer", "unit"],
-                          how="left").merge(other_labels, on=["layer", "unit"], how="left")
+    units = (neurons.merge(desc[["layer", "unit", "patch_label", "concepts"]], on=["layer", "unit"], how="left")
+             .merge(method_labels(run_dir), on=["layer", "unit"], how="left")
+             .merge(oracle_labels(run_dir, int(summary["counts"]["top_m"]), anc), on=["layer", "unit"], how="left"))
+    consistent = bool((units["patch_label"].fillna("") == units[f"patch_{method}"].fillna("")).all())
     layers = list(pd.unique(neurons["layer"]))
     sig = units[(units["best_q"] <= alpha) & ~units["dead"].astype(bool) & units["best_concept"].notna()]
+    columns = ("clip_label", "patch_label", *(f"patch_{m}" for m in METHODS), "oracle")
+
+    def table(frame: pd.DataFrame) -> dict:
+        return {c: agreement(frame[c], frame["best_concept"], anc, roots) for c in columns}
 
     # (a) units with a significant labelled concept
-    a = {"alpha": alpha, "other_label": f"patch label by {other} (the method the run did not use)", "layers": {},
-         "all": {}}
-    labels = ("clip_label", "patch_label", "other_label")
-    for label in labels:
-        a["all"][label] = agreement(sig[label], sig["best_concept"], anc, roots)
-    for layer in layers:
-        s = sig[sig["layer"] == layer]
-        a["layers"][layer] = {label: agreement(s[label], s["best_concept"], anc, roots) for label in labels}
-    conv = sig[sig["layer"] != "head"]
-    a["conv_layers"] = {label: agreement(conv[label], conv["best_concept"], anc, roots) for label in labels}
+    a = {"alpha": alpha, "method": method, "layers": {layer: table(sig[sig["layer"] == layer]) for layer in layers},
+         "conv_layers": table(sig[sig["layer"] != "head"]), "all": table(sig)}
 
     # (b) the output layer: unit k is class HEAD_CONCEPTS[k]
     head = units[units["layer"] == "head"].sort_values("unit")
-    own = pd.Series([HEAD_CONCEPTS[int(u)] for u in head["unit"]], index=head.index)
-    top5 = desc[desc["layer"] == "head"].set_index("unit")["concepts"]
+    own = np.asarray([HEAD_CONCEPTS[int(u)] for u in head["unit"]], dtype=object)
     b = {"units": int(len(head)),
-         "clip_label_own_class": _frac(int((head["clip_label"] == own).sum()), len(head)),
-         "patch_label_own_class": _frac(int((head["patch_label"] == own).sum()), len(head)),
-         "other_label_own_class": _frac(int((head["other_label"] == own).sum()), len(head)),
-         "patch_top5_own_class": _frac(int(sum(c in list(top5.get(u, [])) for u, c in zip(head["unit"], own))),
+         **{f"{c}_own_class": _frac(int((head[c].to_numpy() == own).sum()), len(head)) for c in columns},
+         "patch_top5_own_class": _frac(int(sum(c in list(ws)[:5] for c, ws in zip(own, head["concepts"]))),
                                        len(head)),
          "per_unit": [{"unit": int(u), "class": c, "clip_label": _str(cl), "patch_label": _str(pl)}
                       for u, c, cl, pl in zip(head["unit"], own, head["clip_label"], head["patch_label"])]}
@@ -151,40 +178,47 @@ def measure(run_dir: Path) -> dict:
     # (c) local (object attribute) vs global (background) best concepts
     def group_of(concept: str) -> str | None:
         family = anc.get(concept, set()) | {concept}
-        if family & set(GLOBAL_ROOTS):
-            return "global"
-        if family & set(LOCAL_ROOTS):
-            return "local"
-        return None
+        return "global" if family & set(GLOBAL_ROOTS) else "local" if family & set(LOCAL_ROOTS) else None
 
-    sig = sig.assign(group=sig["best_concept"].map(group_of))
+    def root_of(concept: str) -> str | None:
+        family = anc.get(concept, set()) | {concept}
+        return next((r for r in (*LOCAL_ROOTS, *GLOBAL_ROOTS) if r in family), None)
+
+    sig = sig.assign(group=sig["best_concept"].map(group_of), root=sig["best_concept"].map(root_of))
     c = {"groups": {"local": list(LOCAL_ROOTS), "global": list(GLOBAL_ROOTS)}, "layers": {}}
     for layer in [*layers, "all conv"]:
         s = sig[sig["layer"] != "head"] if layer == "all conv" else sig[sig["layer"] == layer]
         row = {}
-        for group in ("local", "global"):
-            g = s[s["group"] == group]
-            whole = agreement(g["clip_label"], g["best_concept"], anc, roots)
-            patch = agreement(g["patch_label"], g["best_concept"], anc, roots)
-            alt = agreement(g["other_label"], g["best_concept"], anc, roots)
-            w, p = whole["related"], patch["related"]
+        for group in ("local", "global", *LOCAL_ROOTS):
+            g = s[s["group"] == group] if group in ("local", "global") else s[s["root"] == group]
+            t = table(g)
+            w, p = t["clip_label"]["related"], t["patch_label"]["related"]
             winner = None if w is None else ("patch" if p > w else "whole image" if w > p else "tie")
-            row[group] = {"units": whole["units"], "whole_image_related": w, "patch_related": p, "wins": winner,
-                          "whole_image_exact": whole["exact"], "patch_exact": patch["exact"],
-                          "other_method_patch_related": alt["related"]}
+            row[group] = {"units": int(len(g)), "whole_image_related": w, "patch_related": p, "wins": winner,
+                          **{f"{k}_related": v["related"] for k, v in t.items() if k.startswith(("patch_", "oracle"))}}
         c["layers"][layer] = row
 
-    distractor = {}
-    for label in labels:
-        lab = units[label].dropna()
-        distractor[label] = _frac(int((~lab.isin(concepts)).sum()), len(lab))
-    return {"run_dir": str(run_dir), "run_id": info.get("run_id"),
-            "units": int(len(units)), "units_significant": int(len(sig)),
+    distractor = {col: _frac(int((~units[col].dropna().isin(concepts)).sum()), int(units[col].notna().sum()))
+                  for col in columns}
+    return {"run_dir": str(run_dir), "run_id": info.get("run_id"), "units": int(len(units)),
+            "units_significant": int(len(sig)), "patch_label_is_patch_method": consistent,
             "a_significant_units": a, "b_output_layer": b, "c_local_vs_global": c,
             "distractor_label_rate": distractor,
             "timings": info.get("timings", {}), "describe": info.get("describe", {}),
             "clip": (info.get("config") or {}).get("probe", {}).get("clip"),
             "describe_config": (info.get("config") or {}).get("describe")}
+
+
+def summary_row(m: dict) -> dict:
+    """The headline figures of one measurement: (a) related over conv layers and all, (b), (c) over conv layers
+    (local, global, and the local roots one by one)."""
+    a, b, c = m["a_significant_units"], m["b_output_layer"], m["c_local_vs_global"]["layers"]["all conv"]
+    cols = ("clip_label", *(f"patch_{x}" for x in METHODS), "oracle")
+    key = {"clip_label": "whole_image_related"}
+    return {col: {"a_conv": a["conv_layers"][col]["related"], "a_all": a["all"][col]["related"],
+                  "b_own_class": b[f"{col}_own_class"],
+                  **{f"c_{g}": c[g][key.get(col, f"{col}_related")] for g in ("local", "global", *LOCAL_ROOTS)}}
+            for col in cols}
 
 
 def _str(x) -> str | None:
@@ -197,25 +231,27 @@ def _pct(x) -> str:
 
 def report(m: dict) -> None:
     a, b, c = m["a_significant_units"], m["b_output_layer"], m["c_local_vs_global"]
-    print(f"\n(a) units with a significant concept (best_q ≤ {a['alpha']}): {m['units_significant']} of {m['units']}")
-    print(f"  exact / related / related below the roots; 'other': {a['other_label']}")
-    print(f"  {'layer':<12} {'units':>6}  {'whole image':<30} {'patch':<30} other")
-    rows = [*a["layers"].items(), ("all", a["all"]), ("conv only", a["conv_layers"])]
-    for layer, r in rows:
-        cells = [" / ".join(_pct(r[k][m]) for m in ("exact", "related", "related_below_root"))
-                 for k in ("clip_label", "patch_label", "other_label")]
-        print(f"  {layer:<12} {r['clip_label']['units']:>6}  {cells[0]:<30} {cells[1]:<30} {cells[2]}")
-    print(f"\n(b) output layer: {b['units']} units; own class — whole image {_pct(b['clip_label_own_class'])}, "
-          f"patch {_pct(b['patch_label_own_class'])} (patch top 5: {_pct(b['patch_top5_own_class'])}; other method "
-          f"{_pct(b['other_label_own_class'])})")
-    print("\n(c) related agreement by best-concept group: whole image vs patch")
+    print(f"\n(a) units with a significant concept (best_q ≤ {a['alpha']}): {m['units_significant']} of {m['units']}; "
+          f"related (exact): whole image = the score stage's clip_label, patch = describe.method {a['method']}")
+    cols = ("clip_label", "patch_label", *(f"patch_{x}" for x in METHODS if x != a["method"]), "oracle")
+    print(f"  {'layer':<12} {'units':>5}  " + "".join(f"{col:<22}" for col in cols))
+    for layer, r in [*a["layers"].items(), ("conv layers", a["conv_layers"]), ("all", a["all"])]:
+        cells = "".join(f"{_pct(r[col]['related']) + ' (' + _pct(r[col]['exact']) + ')':<22}" for col in cols)
+        print(f"  {layer:<12} {r['clip_label']['units']:>5}  {cells}")
+    print(f"\n(b) output layer, {b['units']} units labelled with their own class: "
+          + ", ".join(f"{col} {_pct(b[col + '_own_class'])}" for col in cols)
+          + f"; own class in the patch top 5: {_pct(b['patch_top5_own_class'])}")
+    print("\n(c) related agreement by the best concept's group, whole image vs patch:")
     for layer, row in c["layers"].items():
         cells = [f"{g}: {r['units']:>3} units, {_pct(r['whole_image_related'])} vs {_pct(r['patch_related'])} "
-                 f"({r['wins'] or '—'})" for g, r in row.items()]
+                 f"({r['wins'] or '—'})" for g, r in row.items() if g in ("local", "global")]
         print(f"  {layer:<12} " + " | ".join(cells))
     d = m["distractor_label_rate"]
-    print(f"\ndistractor labels: whole image {_pct(d['clip_label'])}, patch {_pct(d['patch_label'])}, other method "
-          f"{_pct(d['other_label'])}")
+    print("\ndistractor labels: " + ", ".join(f"{col} {_pct(d[col])}" for col in cols))
+    allc = c["layers"]["all conv"]
+    print("by root over the conv layers (whole image vs patch): " + "; ".join(
+        f"{g} {allc[g]['units']} units {_pct(allc[g]['whole_image_related'])} vs {_pct(allc[g]['patch_related'])}"
+        for g in (*LOCAL_ROOTS, "global")))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,10 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
     p.add_argument("--restart", action="store_true", help="neuronscan run --restart")
     p.add_argument("--skip-run", action="store_true", help="measure an existing run only")
+    p.add_argument("--min-crops", default="", help="comma-separated describe.min_crop values to sweep")
     p.add_argument("--out", default="benchmarks/results/labelfree_agreement.json")
     args = p.parse_args(argv)
 
     from neuronscan.config import apply_overrides, config_from_dict, load_config, parse_overrides
+    from neuronscan.io import RunDir
 
     cfg = load_config(args.config)
     if args.overrides or args.run_id:
@@ -236,9 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.run_id:
             ov["run.run_id"] = args.run_id
         cfg = config_from_dict(apply_overrides(cfg.model_dump(mode="json"), ov))
-    from neuronscan.io import RunDir, model_folder
-
     run_dir = Path(RunDir.for_run(cfg.run.out, cfg.model.name, cfg.run.run_id).root)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "neuronscan", "run", args.config, *(["--restart"] if args.restart else []),
                *(["--run-id", args.run_id] if args.run_id else []),
                *[x for o in args.overrides for x in ("--set", o)]]
@@ -246,13 +283,33 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_run:
         print("$", " ".join(command[2:]), flush=True)
         t = time.perf_counter()
-        subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        subprocess.run(command, check=True, cwd=ROOT, env=env)
         wall = round(time.perf_counter() - t, 2)
     m = measure(run_dir)
-    m.update({"command": "python -m neuronscan run " + " ".join(command[4:]), "wall_s": wall,
-              "model_folder": model_folder(cfg.model.name), "machine": platform.machine(),
-              "cpus": os.cpu_count(), "load_avg": list(os.getloadavg())})
     report(m)
+    sweep = {}
+    values = [float(v) for v in args.min_crops.split(",") if v.strip()]
+    for value in [*values, cfg.describe.min_crop] if values else []:
+        describe = [sys.executable, "-m", "neuronscan", "describe", str(run_dir), "--quiet", "--no-report",
+                    "--set", f"describe.min_crop={value}"]
+        print("$", " ".join(describe[2:]), flush=True)
+        t = time.perf_counter()
+        subprocess.run(describe, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+        seconds = round(time.perf_counter() - t, 2)
+        if len(sweep) < len(values):
+            sweep[str(value)] = {"describe_s": seconds, **summary_row(measure(run_dir))}
+    if sweep:
+        print("\nmin_crop sweep (related, over the conv layers / all; (b) own class):")
+        for value, row in sweep.items():
+            print(f"  min_crop {value}: " + "; ".join(
+                f"{col} {_pct(r['a_conv'])} / {_pct(r['a_all'])}, (b) {_pct(r['b_own_class'])}"
+                for col, r in row.items() if col != "describe_s"))
+        if not args.skip_run:
+            subprocess.run([sys.executable, "-m", "neuronscan", "report", str(run_dir)], check=True, cwd=ROOT,
+                           env=env, stdout=subprocess.DEVNULL)
+    m.update({"command": "python -m neuronscan run " + " ".join(command[4:]), "wall_s": wall,
+              "summary": summary_row(m), "min_crop_sweep": sweep, "machine": platform.machine(),
+              "cpus": os.cpu_count(), "load_avg_end": [round(x, 2) for x in os.getloadavg()]})
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(m, indent=2, default=_json_default) + "\n")
@@ -261,9 +318,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _json_default(x):
-    if isinstance(x, (np.integer,)):
+    if isinstance(x, np.integer):
         return int(x)
-    if isinstance(x, (np.floating,)):
+    if isinstance(x, np.floating):
         return float(x)
     return str(x)
 

@@ -368,7 +368,7 @@ class DescribeSection(_Section):
     layers: list[str] | None = Field(
         None, min_length=1, description="Probed layers (conv4:mean, or a module name such as conv4 for all its "
         "statistics) or globs; default: every probed layer.")
-    top_m: Int = Field(5, ge=1, le=1000, description="Top images cropped per unit (at most probe.topk; the "
+    top_m: Int = Field(100, ge=1, le=1000, description="Top images cropped per unit (at most probe.topk; the "
                        "default is cut to it).")
     vocabulary: str | list[str] | None = Field(
         None, description="Words to describe units with, as clip.vocabulary (a list, a text file, "
@@ -381,9 +381,9 @@ class DescribeSection(_Section):
     min_crop: Float = Field(
         0.25, gt=0, le=1, description="Smallest crop side as a fraction of the image side: a smaller receptive "
         "field (or ViT patch) is widened around its centre to it.")
-    method: Literal["mean_cosine", "soft_wpmi"] = Field(
-        "mean_cosine", description="Score of a word for a unit: the mean cosine of its crops with the word, or "
-        "soft-WPMI over the crops (a prior over the layer's units).")
+    method: Literal["zscore", "mean_cosine", "soft_wpmi"] = Field(
+        "zscore", description="Score of a word for a unit: the mean cosine of its crops with the word, standardised "
+        "per word over the layer's crops (zscore); the plain mean cosine; or soft-WPMI over the crops.")
     top_n: Int = Field(5, ge=1, le=100, description="Words kept per unit (concepts, scores), best first.")
     phrase_words: Int = Field(3, ge=1, le=20, description="Words joined into a unit's phrase.")
     batch_size: Int = Field(64, ge=1, description="Images per actor call (each read and decoded once).")
@@ -783,8 +783,10 @@ class RunConfig(_Section):
     def _describe_needs(self) -> RunConfig:
         """describe.top_m within probe.topk; an enabled describe stage has a CLIP model; llm words need an endpoint."""
         d = self.describe
-        # Only an enabled stage: a recorded config (run.json) sets every field, the disabled section's too.
-        if d.enabled and "top_m" in d.model_fields_set and d.top_m > self.probe.topk:  # the default is cut to topk
+        # Only an enabled stage (a recorded config, run.json, sets every field, the disabled section's too), and not
+        # the default, which the stage cuts to probe.topk (so a recorded default reloads).
+        default = type(d).model_fields["top_m"].default
+        if d.enabled and "top_m" in d.model_fields_set and d.top_m != default and d.top_m > self.probe.topk:
             raise ValueError(f"describe.top_m ({d.top_m}) is above probe.topk ({self.probe.topk}): the probe keeps "
                              "only probe.topk top images per unit")
         if d.enabled and d.model is None and self.probe.clip is None:

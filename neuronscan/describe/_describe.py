@@ -1,11 +1,15 @@
 """Describe units by the CLIP embeddings of their top crops: score every vocabulary word, keep the best.
 
-Two scores, for a unit u with crop embeddings ``e_1 … e_n`` (L2-normalised, in rank order) and word embeddings
+Three scores, for a unit u with crop embeddings ``e_1 … e_n`` (L2-normalised, in rank order) and word embeddings
 ``t_c`` (L2-normalised, `neuronscan.clip.embed_texts`):
 
-- ``mean_cosine`` (the default): ``s(u, c) = (1/n) Σ_j e_j · t_c`` — the cosine of the word with the unit's
-  crops, averaged. It equals ``m_u · t_c`` with ``m_u`` the mean crop embedding, so among unit-norm word
-  embeddings the best word is the one nearest ``m_u``'s direction.
+- ``zscore`` (the default): ``s(u, c) = (1/n) Σ_j (e_j · t_c − μ_c) / σ_c``, with ``μ_c``, ``σ_c`` the mean and
+  standard deviation of ``e · t_c`` over every crop of the layer — the mean cosine with each word's similarity
+  standardised over the layer's crops, so a word close to every crop (a hub) or one whose cosines spread widely
+  does not win by its scale alone.
+- ``mean_cosine``: ``s(u, c) = (1/n) Σ_j e_j · t_c`` — the cosine of the word with the unit's crops, averaged.
+  It equals ``m_u · t_c`` with ``m_u`` the mean crop embedding, so among unit-norm word embeddings the best word
+  is the one nearest ``m_u``'s direction.
 - ``soft_wpmi``: CLIP-Dissect's soft-WPMI with the unit's crops as its top set:
   ``P'[j, c] = softmax_c(10 e_j · t_c)``, ``log p(c | u) = Σ_j log(1 + p_j (P'[j, c] − 1))`` with
   ``p_j = linspace(0.998, 0.97, top_m)[j]``, ``log p(c) = log mean_u exp(log p(c | u))`` over the layer's
@@ -21,7 +25,7 @@ import pandas as pd
 
 __all__ = ["METHODS", "crop_scores", "describe_units"]
 
-METHODS = ("mean_cosine", "soft_wpmi")
+METHODS = ("zscore", "mean_cosine", "soft_wpmi")
 
 
 def _normalised(x: np.ndarray, name: str) -> np.ndarray:
@@ -35,7 +39,7 @@ def _normalised(x: np.ndarray, name: str) -> np.ndarray:
 
 
 def crop_scores(crop_emb: np.ndarray, unit: np.ndarray, rank: np.ndarray, text_emb: np.ndarray, *,
-                n_units: int, method: str = "mean_cosine", top_m: int | None = None) -> np.ndarray:
+                n_units: int, method: str = "zscore", top_m: int | None = None) -> np.ndarray:
     """Scores ``(n_units, n_words)`` of every word for every unit from its crops.
 
     Args:
@@ -44,13 +48,14 @@ def crop_scores(crop_emb: np.ndarray, unit: np.ndarray, rank: np.ndarray, text_e
         rank: ``(n,)`` the row's rank among the unit's top images (0 = highest); orders soft-WPMI's weights.
         text_emb: ``(C, D)`` word embeddings.
         n_units: units of the layer (a unit without rows scores NaN).
-        method: ``mean_cosine`` or ``soft_wpmi``.
+        method: ``zscore``, ``mean_cosine`` or ``soft_wpmi``; the first and last compare a unit with the other
+            rows passed in (a layer's crops).
         top_m: the weight schedule's length for ``soft_wpmi`` (default: the largest rank + 1).
 
     Example:
         >>> e = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
         >>> t = np.array([[1.0, 0.0], [0.0, 1.0]])
-        >>> crop_scores(e, np.array([0, 0, 1]), np.array([0, 1, 0]), t, n_units=2).round(2).tolist()
+        >>> crop_scores(e, np.array([0, 0, 1]), np.array([0, 1, 0]), t, n_units=2, method="mean_cosine").tolist()
         [[0.5, 0.5], [1.0, 0.0]]
     """
     if method not in METHODS:
@@ -68,7 +73,10 @@ def crop_scores(crop_emb: np.ndarray, unit: np.ndarray, rank: np.ndarray, text_e
     counts = np.bincount(unit, minlength=n_units).astype(np.float64)
     sims = e @ t.T  # (n, C)
     out = np.zeros((n_units, t.shape[0]), dtype=np.float64)
-    if method == "mean_cosine":
+    if method in ("mean_cosine", "zscore"):
+        if method == "zscore" and len(sims):
+            sd = sims.std(axis=0)
+            sims = (sims - sims.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
         np.add.at(out, unit, sims)
         with np.errstate(invalid="ignore", divide="ignore"):
             out /= counts[:, None]

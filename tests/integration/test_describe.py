@@ -118,7 +118,7 @@ def test_a_crop_embedding_is_clip_on_that_crop(described, random_tinyclip):
         np.testing.assert_allclose(embed_images(bundle, crop)[0], row.embedding, atol=1e-5)
 
 
-def test_descriptions_hold_the_top_words_by_mean_cosine(described, random_tinyclip):
+def test_descriptions_hold_the_top_words_by_standardised_cosine(described, random_tinyclip):
     from neuronscan.clip import embed_texts, load_clip
 
     _, run_dir, summary = described
@@ -128,11 +128,14 @@ def test_descriptions_hold_the_top_words_by_mean_cosine(described, random_tinycl
     assert desc["patch_label"].isin(WORDS).all()
     assert (desc["concepts"].map(len) == 5).all() and (desc["concepts"].str[0] == desc["patch_label"]).all()
     text = embed_texts(load_clip("neuronscan-tinyclip", checkpoint=random_tinyclip), WORDS)
-    for row in desc.head(5).itertuples():
-        mine = crops[(crops["layer"] == row.layer) & (crops["unit"] == row.unit)]
-        scores = (np.stack(mine["embedding"].to_numpy()) @ text.T).mean(0)
-        assert row.patch_label == WORDS[int(np.argmax(scores))]
-        np.testing.assert_allclose(row.patch_score, scores.max(), atol=1e-5)
+    for layer in ("conv2:mean", "fc"):  # describe.method zscore: each word's cosines standardised over the layer
+        rows = crops[crops["layer"] == layer]
+        sims = np.stack(rows["embedding"].to_numpy()).astype(np.float64) @ text.T.astype(np.float64)
+        z = (sims - sims.mean(0)) / sims.std(0)
+        for row in desc[desc["layer"] == layer].head(4).itertuples():
+            scores = z[(rows["unit"] == row.unit).to_numpy()].mean(0)
+            assert row.patch_label == WORDS[int(np.argmax(scores))]
+            np.testing.assert_allclose(row.patch_score, scores.max(), atol=1e-4)
     info = pd.read_json(run_dir / "run.json", typ="series")
     assert info["describe"]["units_described"] == 42 and info["config"]["describe"]["top_m"] == 3
     assert summary.timings["seconds"] < 120

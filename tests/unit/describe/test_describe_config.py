@@ -17,7 +17,7 @@ def _cfg(describe: dict, probe: dict | None = None):
 
 def test_defaults_are_off_and_a_default_top_m_fits_any_topk():
     cfg = config_from_dict(BASE)
-    assert cfg.describe.enabled is False and cfg.describe.top_m == 5 and cfg.describe.method == "mean_cosine"
+    assert cfg.describe.enabled is False and cfg.describe.top_m == 100 and cfg.describe.method == "zscore"
     assert cfg.describe.min_crop == 0.25 and cfg.describe.num_gpus == 0.0
 
 
@@ -39,3 +39,11 @@ def test_an_enabled_stage_takes_its_model_from_probe_clip_or_its_own():
     assert _cfg({"enabled": True}, {"clip": {"model": "ViT-B-32"}}).describe.model is None
     cfg = _cfg({"enabled": True, "model": "neuronscan-tinyclip", "top_m": 4, "layers": ["conv2:*"]})
     assert cfg.describe.top_m == 4 and cfg.describe.layers == ["conv2:*"]
+
+
+def test_a_recorded_enabled_stage_with_the_default_top_m_loads_again():
+    """run.json records every field: the default top_m (100) above probe.topk is cut by the stage, not refused."""
+    cfg = _cfg({"enabled": True, "model": "neuronscan-tinyclip"})
+    recorded = cfg.model_dump(mode="json")
+    assert recorded["describe"]["top_m"] == 100 and recorded["probe"]["topk"] == 4
+    assert config_from_dict(recorded).describe.top_m == 100
