@@ -256,10 +256,11 @@ class DescribeActor:
                 "device": str(b.device)}
 
     def texts(self, vocabulary: list[str]) -> np.ndarray:
-        """The vocabulary's text embeddings (one prompt per default template, averaged)."""
-        from neuronscan.clip import embed_texts
+        """The vocabulary's text embeddings (one prompt per default template, averaged), from the on-disk text
+        cache when it holds them (`neuronscan.clip._text_cache`)."""
+        from neuronscan.clip._text_cache import cached_embed_texts
 
-        return embed_texts(self.bundle, vocabulary)
+        return cached_embed_texts(self.bundle, vocabulary)
 
     def embed(self, chunk: dict) -> dict:
         """One chunk: ``image_ids``, ``uris``, ``boxes`` ``(n, 4)``, ``owner`` (row of ``boxes`` → image index),

@@ -385,7 +385,7 @@ def score_shard(
         timings["simulation"] = clock() - t
     if clip is not None:
         t = clock()
-        out["wpmi_logcond"] = _wpmi_logcond(ids, acts, clip)
+        out["wpmi_top"] = _wpmi_top(ids, acts, clip)
         timings["wpmi"] = clock() - t
     timings["task"] = clock() - t_task
     timings["cpu"] = time.process_time() - cpu_task  # the worker's CPU meanwhile: below "task" when it waited
@@ -437,19 +437,45 @@ def _permutation_pairs(auc: np.ndarray, p_value: np.ndarray, params: ShardParams
     return unit_idx, concept_idx
 
 
-def _wpmi_logcond(ids: np.ndarray, acts: np.ndarray, clip: dict) -> np.ndarray:
-    """soft-WPMI log p(c | top images of the unit) for the shard's units, over images with an embedding."""
-    from neuronscan.stats import soft_wpmi_log_conditional
+def _wpmi_top(ids: np.ndarray, acts: np.ndarray, clip: dict) -> np.ndarray:
+    """soft-WPMI's top images ``B_k`` of the shard's units, among the images with an embedding, as rows of
+    the run's embedding matrix (``clip["image_ids"]``, sorted); the driver's reduce scores every shard's
+    rows in one call (`_wpmi_scores`), so each top image's softmax row is computed once per run."""
+    from neuronscan.stats import top_image_indices
 
-    emb_pos = np.minimum(np.searchsorted(clip["image_ids"], ids), len(clip["image_ids"]) - 1)
-    have = clip["image_ids"][emb_pos] == ids
+    emb_ids = clip["image_ids"]
+    emb_pos = np.minimum(np.searchsorted(emb_ids, ids), len(emb_ids) - 1)
+    have = emb_ids[emb_pos] == ids
     a = acts[have]
     finite = np.isfinite(a)
     if not finite.all():  # NaN/Inf images sink to the bottom of the unit's ranking
         a = np.where(finite, a, np.nanmin(np.where(finite, a, np.nan), axis=0, initial=0.0) - 1.0)
-    return soft_wpmi_log_conditional(
-        a, clip["embeddings"][emb_pos[have]], clip["text"], top_k=min(clip["top_k"], int(have.sum()))
-    )
+    top = top_image_indices(a, top_k=min(clip["top_k"], int(have.sum())))
+    return emb_pos[have][top].astype(np.int32)
+
+
+def _wpmi_scores(tops: dict[str, np.ndarray], clip: dict) -> dict[str, np.ndarray]:
+    """Each layer's soft-WPMI scores ``log p(c | B_k) - log p(c)`` (prior over the layer's units, lambda = 1),
+    from its units' top-image rows: one soft-WPMI call for all layers that share a top-set size."""
+    from scipy.special import logsumexp
+
+    from neuronscan.stats import soft_wpmi_log_conditional_from_top
+
+    out: dict[str, np.ndarray] = {}
+    by_width: dict[int, list[str]] = {}
+    for layer, top in tops.items():
+        by_width.setdefault(top.shape[1], []).append(layer)
+    for layers in by_width.values():
+        stacked = np.concatenate([tops[layer] for layer in layers])
+        logcond = soft_wpmi_log_conditional_from_top(stacked, clip["embeddings"], clip["text"],
+                                                     precision=clip["precision"])
+        start = 0
+        for layer in layers:
+            rows = logcond[start : start + len(tops[layer])]
+            start += len(rows)
+            log_prior = logsumexp(rows, axis=0) - np.log(rows.shape[0])
+            out[layer] = rows - log_prior
+    return out
 
 
 @dataclass
@@ -692,18 +718,18 @@ def _task_failure(exc: BaseException, what: tuple[str, str, str], shard: int) ->
     return exc
 
 
-def _reduce(found: _Layers, results: dict[str, list[dict]],
-            timings: _Timings | None = None) -> tuple[dict[str, dict], np.ndarray, np.ndarray]:
-    """Assemble (units × concepts) arrays per layer, then BH over every p-value of the run.
+def _reduce(found: _Layers, results: dict[str, list[dict]], timings: _Timings | None = None,
+            clip: dict | None = None) -> tuple[dict[str, dict], np.ndarray, np.ndarray]:
+    """Assemble (units × concepts) arrays per layer, soft-WPMI from the shards' top images (with ``clip``),
+    then BH over every p-value of the run.
 
     Returns:
         ``(assembled, all_p, all_q)``: per layer its arrays (with ``q_value``), and the run's p and q.
     """
-    from scipy.special import logsumexp
-
     from neuronscan.stats import bh_qvalues
 
     assembled = {}
+    wpmi_tops: dict[str, np.ndarray] = {}
     for lp in found.parts:
         parts = sorted(results[lp.layer], key=lambda r: r["first_unit"])
         a = {key: np.concatenate([p[key] for p in parts])
@@ -720,12 +746,15 @@ def _reduce(found: _Layers, results: dict[str, list[dict]],
                                                                                            np.ndarray)
                               else [v for p in parts for v in p["sim"][key]])
                         for key in parts[0]["sim"]}
-        if parts and "wpmi_logcond" in parts[0]:
-            logcond = np.concatenate([p["wpmi_logcond"] for p in parts])
-            # soft-WPMI prior: log p(c) = log-mean-exp of log p(c | B_k) over the layer's units (lambda = 1).
-            log_prior = logsumexp(logcond, axis=0) - np.log(logcond.shape[0])
-            a["wpmi"] = logcond - log_prior
+        if parts and "wpmi_top" in parts[0]:
+            wpmi_tops[lp.layer] = np.concatenate([p["wpmi_top"] for p in parts])
         assembled[lp.layer] = a
+    if wpmi_tops and clip is not None:
+        t = time.perf_counter()
+        for layer, wpmi in _wpmi_scores(wpmi_tops, clip).items():
+            assembled[layer]["wpmi"] = wpmi
+        if timings is not None:
+            timings.extra["wpmi_s"] = round(time.perf_counter() - t, 3)
     all_p = np.concatenate([assembled[lp.layer]["p_value"].ravel() for lp in found.parts])
     t = time.perf_counter()
     all_q = bh_qvalues(all_p)
@@ -949,13 +978,15 @@ def run_score(
         f"in {len(shards)} shard(s) of ≤ {score_cfg.units_per_shard} units")
     with timings.phase("perm_draws"):
         draws = _permutation_draws(found, params)
-    scored = _score_shards(found, shards, params, score_cfg, clip_obj, timings, say, draws)
+    # Shards need only the embedded images' ids: the embeddings and the text stay in the driver's reduce.
+    shard_clip = None if clip_obj is None else {"image_ids": clip_obj["image_ids"], "top_k": clip_obj["top_k"]}
+    scored = _score_shards(found, shards, params, score_cfg, shard_clip, timings, say, draws)
     results: dict[str, list[dict]] = {lp.layer: [] for lp in found.parts}
     for s, result in scored:
         results[s.layer].append(result)
     del scored
     with timings.phase("reduce"):
-        assembled, all_p, all_q = _reduce(found, results, timings)
+        assembled, all_p, all_q = _reduce(found, results, timings, clip_obj)
         del results  # the shards' arrays are views of the object store; the assembled ones are copies
     if stop_ray:
         from pipelines._ray import release_ray
@@ -1005,7 +1036,8 @@ def run_score(
 
 
 def _prepare_clip(run: RunDir, clip_cfg, concepts: list[str]) -> tuple[dict | None, list[str]]:
-    from neuronscan.clip import embed_texts, load_clip, resolve_vocabulary
+    from neuronscan.clip import load_clip, resolve_vocabulary
+    from neuronscan.clip._text_cache import cached_embed_texts
 
     # A crashed batch's parts never count; page checksums are verified as for activations.
     tables = [read_part(join(run.clip, n)) for n in run.committed_part_files(run.clip)]
@@ -1017,8 +1049,9 @@ def _prepare_clip(run: RunDir, clip_cfg, concepts: list[str]) -> tuple[dict | No
     uniq, first = np.unique(ids, return_index=True)
     vocab = resolve_vocabulary(clip_cfg, concepts)  # the concepts, a file, builtin: lists, or an LLM's words
     bundle = load_clip(clip_cfg.model, pretrained=clip_cfg.pretrained, checkpoint=clip_cfg.checkpoint)
-    text = embed_texts(bundle, vocab)
-    return {"image_ids": uniq, "embeddings": emb[first], "text": text, "top_k": clip_cfg.top_k}, vocab
+    text = cached_embed_texts(bundle, vocab)  # on disk by (model, weights, prompts, vocabulary): random weights never
+    return {"image_ids": uniq, "embeddings": emb[first], "text": text, "top_k": clip_cfg.top_k,
+            "precision": clip_cfg.precision}, vocab
 
 
 def _write_clip_labels(out: RunDir, layer: str, wpmi: np.ndarray, vocab: list[str], unit_ids: np.ndarray) -> None:
