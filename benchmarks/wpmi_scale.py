@@ -8,8 +8,12 @@ implementation runs in a child process of its own, one after another, so its pea
 
 - ``neuronscan32`` / ``neuronscan64``: ``neuronscan.stats.soft_wpmi(acts, image_emb, text_emb,
   precision="float32" | "float64")`` on all units at once;
-- ``neuronscan32_shards``: the same as the score pipeline calls it today, ``soft_wpmi_log_conditional``
-  per shard of ``--shard-units`` (64, ``score.units_per_shard``) units, then the prior over the layer;
+- ``pipeline``: the score stage's own code (``pipelines/score.py``): each shard of ``--shard-units`` (64,
+  ``score.units_per_shard``) units picks its top images (``_wpmi_top``), then the driver's reduce scores all of
+  them in one call and applies the layer's prior (``_wpmi_scores``), in ``probe.clip.precision``'s default
+  (float32);
+- ``neuronscan32_shards``: the score stage before that, ``soft_wpmi_log_conditional`` per shard of
+  ``--shard-units`` units, then the prior over the layer (each shard repeats the image x concept softmax);
 - ``clipdissect``: CLIP-Dissect's ``soft_wpmi`` (copied below from Trustworthy-ML-Lab/CLIP-dissect,
   ``similarity.py`` at commit 21e7697feaea3bf7d7bc2d2cc8e4047d5f5fd502, with only its progress bar and
   print removed, on ``device="cpu"``), given the similarity matrix ``image_emb @ text_emb.T`` as its
@@ -56,7 +60,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-IMPLS = ("neuronscan32", "neuronscan64", "neuronscan32_shards", "clipdissect", "previous")
+IMPLS = ("neuronscan32", "neuronscan64", "pipeline", "neuronscan32_shards", "clipdissect", "previous")
 CLIP_DISSECT = {
     "repository": "https://github.com/Trustworthy-ML-Lab/CLIP-dissect",
     "commit": "21e7697feaea3bf7d7bc2d2cc8e4047d5f5fd502",
@@ -174,6 +178,23 @@ def child(impl: str, data: Path, out: Path, top_k: int, shard_units: int, previo
 
         precision = "float32" if impl == "neuronscan32" else "float64"
         scores = soft_wpmi(acts, emb, txt, top_k=top_k, weight_end=w_end, precision=precision)
+    elif impl == "pipeline":
+        import neuronscan.stats as stats
+        from pipelines.score import _wpmi_scores, _wpmi_top
+
+        rec["import_s"] = time.perf_counter() - t0  # pipelines' imports, not timed below
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        ids = np.arange(acts.shape[0], dtype=np.int64)
+        clip = {"image_ids": ids, "embeddings": emb, "text": txt, "top_k": top_k, "precision": "float32"}
+        tops = [_wpmi_top(ids, acts[:, s : s + shard_units], clip) for s in range(0, acts.shape[1], shard_units)]
+        rec["top_images_s"] = time.perf_counter() - t0
+        # The stage calls the kernel with the default schedule; give it CLIP-Dissect's, as for the others.
+        kernel = stats.soft_wpmi_log_conditional_from_top
+        stats.soft_wpmi_log_conditional_from_top = lambda *a, **k: kernel(*a, **k, weight_end=w_end)
+        try:
+            scores = _wpmi_scores({"layer": np.concatenate(tops)}, clip)["layer"]
+        finally:
+            stats.soft_wpmi_log_conditional_from_top = kernel
     elif impl == "neuronscan32_shards":
         from scipy.special import logsumexp
 

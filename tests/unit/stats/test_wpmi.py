@@ -97,6 +97,21 @@ def test_soft_wpmi_blocked_equals_unblocked(monkeypatch):
     np.testing.assert_allclose(soft_wpmi(acts, emb, txt, top_k=9), whole, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("precision, atol", [("float64", 1e-10), ("float32", 1e-4)])
+def test_numpy_fallback_equals_the_torch_kernels_and_torch_threads_are_restored(monkeypatch, precision, atol):
+    torch = pytest.importorskip("torch")
+    acts, emb, txt = _random_inputs(7, n_images=80, n_units=9, n_concepts=6)
+    want = _naive_soft_wpmi(acts, emb, txt, 20, 10.0, 1.0, 0.998, 0.97)
+    before = torch.get_num_threads()
+    fast = soft_wpmi(acts, emb, txt, top_k=20, precision=precision)
+    assert torch.get_num_threads() == before  # set to 1 only while the pool calls it
+    monkeypatch.setattr(_wpmi_module, "_TORCH", [None])  # as without torch: numpy's take and log1p
+    plain = soft_wpmi(acts, emb, txt, top_k=20, precision=precision)
+    np.testing.assert_allclose(fast, want, rtol=0, atol=atol)
+    np.testing.assert_allclose(plain, want, rtol=0, atol=atol)
+    np.testing.assert_allclose(fast, plain, rtol=0, atol=1e-12 if precision == "float64" else 1e-5)
+
+
 @pytest.mark.parametrize("top_k", [1, 10, 60])
 def test_top_mean_cosine_matches_naive_oracle(top_k):
     acts, emb, txt = _random_inputs(11)
