@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SUBCOMMANDS = ["run", "probe", "score", "validate", "hierarchy", "layers", "models", "report", "diff", "runs", "sanity",
-               "submit", "status", "logs"]
+SUBCOMMANDS = ["run", "probe", "score", "validate", "hierarchy", "describe", "discover", "explain-train", "layers",
+               "models", "report", "diff", "runs", "sanity", "submit", "status", "logs"]
 
 
 def ns(*args, cwd=ROOT, timeout=420):
@@ -31,6 +31,15 @@ def assert_clean_error(proc, *fragments):
     assert proc.stderr.startswith("error: "), proc.stderr
     for f in fragments:
         assert f in proc.stderr, proc.stderr
+
+
+def test_the_help_test_covers_every_subcommand():
+    import argparse
+
+    from neuronscan.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert sorted(sub.choices) == sorted(SUBCOMMANDS)
 
 
 @pytest.mark.parametrize("cmd", SUBCOMMANDS)
