@@ -72,10 +72,12 @@ class ScoreSummary:
             seconds per phase in order (they add up to ``total_s``; ``ray_wait`` is the part of a
             background Ray start that discovery did not cover, ``shards_in_driver`` the scoring of small
             inputs without Ray); ``ray_start_s``, how long the Ray start took; ``shards_in_driver``, how
-            many shards the driver scored; ``bh_s`` (part of ``reduce``); ``write_neuron_concepts_s``,
+            many shards the driver scored; ``bh_s`` and ``wpmi_s`` (soft-WPMI over every shard's top images,
+            with CLIP) are parts of ``reduce``; ``write_neuron_concepts_s``,
             the whole write of the pair table (it overlaps ``unit_summary`` and ``write_neurons``);
             ``shards``, the shards' own seconds per phase summed over them (``read``, ``rank``, ``scores``
-            = rank sums + AUC + AUPRC + p, ``permutation``, ``compositional``, ``wpmi``, ``other``), their
+            = rank sums + AUC + AUPRC + p, ``metrics``, ``permutation``, ``compositional``, ``simulation``,
+            ``wpmi`` = choosing soft-WPMI's top images, ``other``), their
             count and the slowest.
     """
 
