@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LOCAL_ROOTS = ("shape", "colour", "texture")
 GLOBAL_ROOTS = ("background",)
 METHODS = ("zscore", "mean_cosine", "soft_wpmi")
+WHOLE_METHODS = ("correlation", "soft_wpmi")
 
 
 def _hierarchy(run_dir: Path):
@@ -110,6 +111,37 @@ def method_labels(run_dir: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def whole_image_labels(run_dir: Path) -> pd.DataFrame:
+    """Per unit the whole-image label of each ``probe.clip.method`` (``clip_correlation``, ``clip_soft_wpmi``),
+    computed from the run's stored activations and image embeddings with the public kernels, whatever method the
+    run itself used."""
+    import pyarrow.parquet as pq
+
+    from neuronscan.clip import embed_texts, load_clip, resolve_vocabulary
+    from neuronscan.config import config_from_dict
+    from neuronscan.io import RunDir
+    from neuronscan.stats import clip_correlation, soft_wpmi
+
+    run = RunDir(str(run_dir))
+    clip = config_from_dict((run.read_info() or {})["config"]).probe.clip
+    vocab = resolve_vocabulary(clip, sorted(pd.read_parquet(run_dir / "labels.parquet")["concept"].unique()))
+    text = embed_texts(load_clip(clip.model, pretrained=clip.pretrained, checkpoint=clip.checkpoint), vocab)
+    emb = pq.read_table(run_dir / "clip").to_pandas().drop_duplicates("image_id").sort_values("image_id")
+    image_emb = np.stack(emb["embedding"].to_numpy())
+    frames = []
+    for layer in pd.read_parquet(run_dir / "neurons.parquet", columns=["layer"])["layer"].unique():
+        acts = pq.read_table(run.activations(layer)).to_pandas().set_index("image_id").loc[emb["image_id"]]
+        a = acts.to_numpy()
+        frame = pd.DataFrame({"layer": layer, "unit": [int(c[1:]) for c in acts.columns]})
+        for name, scores in (("clip_correlation", clip_correlation(a, image_emb, text)),
+                             ("clip_soft_wpmi", soft_wpmi(a, image_emb, text, top_k=clip.top_k))):
+            ok = np.isfinite(scores).any(axis=1)
+            best = np.argmax(np.where(np.isfinite(scores), scores, -np.inf), axis=1)
+            frame[name] = [vocab[j] if k else None for j, k in zip(best, ok)]
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
 def oracle_labels(run_dir: Path, top_m: int, anc: dict[str, set[str]]) -> pd.DataFrame:
     """Per unit the concept most over-represented among its top ``top_m`` images by their ground-truth labels."""
     labels = pd.read_parquet(run_dir / "labels.parquet")
@@ -152,11 +184,15 @@ def measure(run_dir: Path) -> dict:
     concepts = set(anc)
     units = (neurons.merge(desc[["layer", "unit", "patch_label", "concepts"]], on=["layer", "unit"], how="left")
              .merge(method_labels(run_dir), on=["layer", "unit"], how="left")
+             .merge(whole_image_labels(run_dir), on=["layer", "unit"], how="left")
              .merge(oracle_labels(run_dir, int(summary["counts"]["top_m"]), anc), on=["layer", "unit"], how="left"))
     consistent = bool((units["patch_label"].fillna("") == units[f"patch_{method}"].fillna("")).all())
     layers = list(pd.unique(neurons["layer"]))
     sig = units[(units["best_q"] <= alpha) & ~units["dead"].astype(bool) & units["best_concept"].notna()]
-    columns = ("clip_label", "patch_label", *(f"patch_{m}" for m in METHODS), "oracle")
+    columns = ("clip_label", *(f"clip_{m}" for m in WHOLE_METHODS), "patch_label", *(f"patch_{m}" for m in METHODS),
+               "oracle")
+    clip_method = ((info.get("config") or {}).get("probe", {}).get("clip") or {}).get("method", "soft_wpmi")
+    clip_consistent = bool((units["clip_label"].fillna("") == units[f"clip_{clip_method}"].fillna("")).all())
 
     def table(frame: pd.DataFrame) -> dict:
         return {c: agreement(frame[c], frame["best_concept"], anc, roots) for c in columns}
@@ -195,13 +231,15 @@ def measure(run_dir: Path) -> dict:
             w, p = t["clip_label"]["related"], t["patch_label"]["related"]
             winner = None if w is None else ("patch" if p > w else "whole image" if w > p else "tie")
             row[group] = {"units": int(len(g)), "whole_image_related": w, "patch_related": p, "wins": winner,
-                          **{f"{k}_related": v["related"] for k, v in t.items() if k.startswith(("patch_", "oracle"))}}
+                          **{f"{k}_related": v["related"] for k, v in t.items()
+                             if k.startswith(("patch_", "clip_", "oracle"))}}
         c["layers"][layer] = row
 
     distractor = {col: _frac(int((~units[col].dropna().isin(concepts)).sum()), int(units[col].notna().sum()))
                   for col in columns}
     return {"run_dir": str(run_dir), "run_id": info.get("run_id"), "units": int(len(units)),
             "units_significant": int(len(sig)), "patch_label_is_patch_method": consistent,
+            "clip_method": clip_method, "clip_label_is_clip_method": clip_consistent,
             "a_significant_units": a, "b_output_layer": b, "c_local_vs_global": c,
             "distractor_label_rate": distractor,
             "timings": info.get("timings", {}), "describe": info.get("describe", {}),
@@ -213,7 +251,7 @@ def summary_row(m: dict) -> dict:
     """The headline figures of one measurement: (a) related over conv layers and all, (b), (c) over conv layers
     (local, global, and the local roots one by one)."""
     a, b, c = m["a_significant_units"], m["b_output_layer"], m["c_local_vs_global"]["layers"]["all conv"]
-    cols = ("clip_label", *(f"patch_{x}" for x in METHODS), "oracle")
+    cols = ("clip_label", *(f"clip_{x}" for x in WHOLE_METHODS), *(f"patch_{x}" for x in METHODS), "oracle")
     key = {"clip_label": "whole_image_related"}
     return {col: {"a_conv": a["conv_layers"][col]["related"], "a_all": a["all"][col]["related"],
                   "b_own_class": b[f"{col}_own_class"],
@@ -232,9 +270,13 @@ def _pct(x) -> str:
 def report(m: dict) -> None:
     a, b, c = m["a_significant_units"], m["b_output_layer"], m["c_local_vs_global"]
     print(f"\n(a) units with a significant concept (best_q ≤ {a['alpha']}): {m['units_significant']} of {m['units']}; "
-          f"related (exact): whole image = the score stage's clip_label, patch = describe.method {a['method']}")
-    cols = ("clip_label", "patch_label", *(f"patch_{x}" for x in METHODS if x != a["method"]), "oracle")
+          f"related (exact): whole image = the score stage's clip_label (probe.clip.method {m['clip_method']}), "
+          f"patch = describe.method {a['method']}")
+    cols = ("clip_label", *(f"clip_{x}" for x in WHOLE_METHODS if x != m["clip_method"]), "patch_label",
+            *(f"patch_{x}" for x in METHODS if x != a["method"]), "oracle")
     print(f"  {'layer':<12} {'units':>5}  " + "".join(f"{col:<22}" for col in cols))
+    print(f"  (clip_label is clip_{m['clip_method']} computed from the run's files: {m['clip_label_is_clip_method']}; "
+          f"patch_label is patch_{a['method']}: {m['patch_label_is_patch_method']})")
     for layer, r in [*a["layers"].items(), ("conv layers", a["conv_layers"]), ("all", a["all"])]:
         cells = "".join(f"{_pct(r[col]['related']) + ' (' + _pct(r[col]['exact']) + ')':<22}" for col in cols)
         print(f"  {layer:<12} {r['clip_label']['units']:>5}  {cells}")

@@ -18,6 +18,9 @@ implementation runs in a child process of its own, one after another, so its pea
   ``similarity.py`` at commit 21e7697feaea3bf7d7bc2d2cc8e4047d5f5fd502, with only its progress bar and
   print removed, on ``device="cpu"``), given the similarity matrix ``image_emb @ text_emb.T`` as its
   ``utils.get_similarity_from_activations`` computes it (float32; timed apart as ``similarity_s``);
+- ``correlation`` (not soft-WPMI, timed beside it): the score stage's default CLIP label, ``probe.clip.method:
+  correlation``, through its own code: each shard's moments (``_clip_moments``, shards one after another in this
+  process) and the driver's reduce (``_clip_correlations``: the embeddings' covariance, the product with the text);
 - ``previous`` (opt-in, ``--previous-src FILE``): an older ``neuronscan/stats/_wpmi.py``, e.g.
   ``git show c87cb31:neuronscan/stats/_wpmi.py > /tmp/wpmi_before.py``.
 
@@ -60,7 +63,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-IMPLS = ("neuronscan32", "neuronscan64", "pipeline", "neuronscan32_shards", "clipdissect", "previous")
+IMPLS = ("neuronscan32", "neuronscan64", "pipeline", "neuronscan32_shards", "clipdissect", "previous", "correlation")
+# Not soft-WPMI: timed beside it, never compared with it.
+OTHER_METHODS = ("correlation",)
 CLIP_DISSECT = {
     "repository": "https://github.com/Trustworthy-ML-Lab/CLIP-dissect",
     "commit": "21e7697feaea3bf7d7bc2d2cc8e4047d5f5fd502",
@@ -195,6 +200,16 @@ def child(impl: str, data: Path, out: Path, top_k: int, shard_units: int, previo
             scores = _wpmi_scores({"layer": np.concatenate(tops)}, clip)["layer"]
         finally:
             stats.soft_wpmi_log_conditional_from_top = kernel
+    elif impl == "correlation":
+        from pipelines.score import _clip_correlations, _clip_moments
+
+        rec["import_s"] = time.perf_counter() - t0
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        ids = np.arange(acts.shape[0], dtype=np.int64)
+        clip = {"image_ids": ids, "embeddings": emb, "text": txt}
+        parts = [_clip_moments(ids, acts[:, s : s + shard_units], clip) for s in range(0, acts.shape[1], shard_units)]
+        rec["moments_s"] = time.perf_counter() - t0
+        scores = _clip_correlations({"layer": parts}, clip)["layer"]
     elif impl == "neuronscan32_shards":
         from scipy.special import logsumexp
 
@@ -292,7 +307,7 @@ def run_child(impl: str, args, data: Path, out: Path) -> dict:
 
 def compare(results: dict, files: dict, data: Path, top_k: int) -> dict:
     """Label agreement and value differences between implementations."""
-    scores = {impl: np.load(path) for impl, path in files.items()}
+    scores = {impl: np.load(path) for impl, path in files.items() if impl not in OTHER_METHODS}
     labels = {impl: s.argmax(axis=1) for impl, s in scores.items()}
     out: dict = {}
     ref = "neuronscan64" if "neuronscan64" in scores else None

@@ -479,8 +479,8 @@ def _describe(run: RunDir, cfg, *, quiet: bool, lock_token: str, address: str | 
 def label_table(run_dir: str | RunDir, descriptions: pd.DataFrame | None = None, *, per_layer: int = 3) -> pd.DataFrame:
     """Per layer the ``per_layer`` units with the highest best AUC and both label-free labels.
 
-    Columns: ``layer, unit, best_concept, best_auc, clip_label`` (whole images, soft-WPMI; from ``neurons.parquet``)
-    and ``patch_label, patch_score, phrase`` (crops; from ``descriptions.parquet``).
+    Columns: ``layer, unit, best_concept, best_auc, clip_label`` (whole images, ``probe.clip.method``; from
+    ``neurons.parquet``) and ``patch_label, patch_score, phrase`` (crops; from ``descriptions.parquet``).
     """
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     if descriptions is None:

@@ -72,12 +72,14 @@ class ScoreSummary:
             seconds per phase in order (they add up to ``total_s``; ``ray_wait`` is the part of a
             background Ray start that discovery did not cover, ``shards_in_driver`` the scoring of small
             inputs without Ray); ``ray_start_s``, how long the Ray start took; ``shards_in_driver``, how
-            many shards the driver scored; ``bh_s`` and ``wpmi_s`` (soft-WPMI over every shard's top images,
-            with CLIP) are parts of ``reduce``; ``write_neuron_concepts_s``,
-            the whole write of the pair table (it overlaps ``unit_summary`` and ``write_neurons``);
+            many shards the driver scored; ``bh_s`` and, with CLIP, ``wpmi_s`` (soft-WPMI over every shard's
+            top images) or ``clip_corr_s`` (CLIP correlations from the shards' moments) are parts of ``reduce``;
+            ``write_neuron_concepts_s``, the whole write of the pair table (it overlaps ``unit_summary`` and
+            ``write_neurons``);
             ``shards``, the shards' own seconds per phase summed over them (``read``, ``rank``, ``scores``
             = rank sums + AUC + AUPRC + p, ``metrics``, ``permutation``, ``compositional``, ``simulation``,
-            ``wpmi`` = choosing soft-WPMI's top images, ``other``), their
+            ``wpmi`` = the shard's CLIP part: choosing soft-WPMI's top images or the correlation moments,
+            ``other``), their
             count and the slowest.
     """
 
@@ -387,7 +389,10 @@ def score_shard(
         timings["simulation"] = clock() - t
     if clip is not None:
         t = clock()
-        out["wpmi_top"] = _wpmi_top(ids, acts, clip)
+        if clip.get("method") == "correlation":
+            out["clip_moments"] = _clip_moments(ids, acts, clip)
+        else:
+            out["wpmi_top"] = _wpmi_top(ids, acts, clip)
         timings["wpmi"] = clock() - t
     timings["task"] = clock() - t_task
     timings["cpu"] = time.process_time() - cpu_task  # the worker's CPU meanwhile: below "task" when it waited
@@ -454,6 +459,49 @@ def _wpmi_top(ids: np.ndarray, acts: np.ndarray, clip: dict) -> np.ndarray:
         a = np.where(finite, a, np.nanmin(np.where(finite, a, np.nan), axis=0, initial=0.0) - 1.0)
     top = top_image_indices(a, top_k=min(clip["top_k"], int(have.sum())))
     return emb_pos[have][top].astype(np.int32)
+
+
+def _clip_moments(ids: np.ndarray, acts: np.ndarray, clip: dict) -> dict:
+    """The shard's units' CLIP-correlation moments (`clip_moments`) over its images that have an embedding,
+    and those images as a packed mask over the run's embedding rows: the driver's reduce needs the
+    embeddings' covariance over the same images (one per distinct image set, usually one per run)."""
+    from neuronscan.stats import clip_moments
+
+    emb_ids = clip["image_ids"]
+    emb_pos = np.minimum(np.searchsorted(emb_ids, ids), len(emb_ids) - 1)
+    have = emb_ids[emb_pos] == ids
+    rows = emb_pos[have]
+    order = np.argsort(rows, kind="stable")  # embedding-row order: the block reads walk the matrix forwards
+    rows = rows[order]
+    a = acts[have][order]
+    mask = np.zeros(len(emb_ids), dtype=bool)
+    mask[rows] = True
+    if not len(rows):  # none of the shard's images has an embedding: no correlation is defined
+        dim = clip["embeddings"].shape[1]
+        return {"moments": np.zeros((acts.shape[1], dim)), "constant": np.ones(acts.shape[1], dtype=bool),
+                "images": np.packbits(mask), "n": 0}
+    moments, constant = clip_moments(a, clip["embeddings"][rows])
+    return {"moments": moments, "constant": constant, "images": np.packbits(mask), "n": int(have.sum())}
+
+
+def _clip_correlations(parts_by_layer: dict[str, list[dict]], clip: dict) -> dict[str, np.ndarray]:
+    """Each layer's ``(units, words)`` CLIP correlations from its shards' moments; one embedding covariance per
+    distinct image set."""
+    from neuronscan.stats import clip_correlation_from_moments, embedding_covariance
+
+    covariances: dict[bytes, np.ndarray] = {}
+    n_emb = len(clip["image_ids"])
+    out = {}
+    for layer, parts in parts_by_layer.items():
+        rows = []
+        for p in parts:
+            key = p["images"].tobytes()
+            if key not in covariances:
+                mask = np.unpackbits(p["images"], count=n_emb).astype(bool)
+                covariances[key] = embedding_covariance(clip["embeddings"][mask])
+            rows.append(clip_correlation_from_moments(p["moments"], p["constant"], covariances[key], clip["text"]))
+        out[layer] = np.concatenate(rows)
+    return out
 
 
 def _wpmi_scores(tops: dict[str, np.ndarray], clip: dict) -> dict[str, np.ndarray]:
@@ -722,8 +770,8 @@ def _task_failure(exc: BaseException, what: tuple[str, str, str], shard: int) ->
 
 def _reduce(found: _Layers, results: dict[str, list[dict]], timings: _Timings | None = None,
             clip: dict | None = None) -> tuple[dict[str, dict], np.ndarray, np.ndarray]:
-    """Assemble (units × concepts) arrays per layer, soft-WPMI from the shards' top images (with ``clip``),
-    then BH over every p-value of the run.
+    """Assemble (units × concepts) arrays per layer, the CLIP scores (``clip``: soft-WPMI from the shards' top
+    images, or CLIP correlations from their moments), then BH over every p-value of the run.
 
     Returns:
         ``(assembled, all_p, all_q)``: per layer its arrays (with ``q_value``), and the run's p and q.
@@ -732,6 +780,7 @@ def _reduce(found: _Layers, results: dict[str, list[dict]], timings: _Timings | 
 
     assembled = {}
     wpmi_tops: dict[str, np.ndarray] = {}
+    moments: dict[str, list[dict]] = {}
     for lp in found.parts:
         parts = sorted(results[lp.layer], key=lambda r: r["first_unit"])
         a = {key: np.concatenate([p[key] for p in parts])
@@ -750,13 +799,16 @@ def _reduce(found: _Layers, results: dict[str, list[dict]], timings: _Timings | 
                         for key in parts[0]["sim"]}
         if parts and "wpmi_top" in parts[0]:
             wpmi_tops[lp.layer] = np.concatenate([p["wpmi_top"] for p in parts])
+        if parts and "clip_moments" in parts[0]:
+            moments[lp.layer] = [p["clip_moments"] for p in parts]
         assembled[lp.layer] = a
-    if wpmi_tops and clip is not None:
+    if (wpmi_tops or moments) and clip is not None:
         t = time.perf_counter()
-        for layer, wpmi in _wpmi_scores(wpmi_tops, clip).items():
-            assembled[layer]["wpmi"] = wpmi
+        scores = _wpmi_scores(wpmi_tops, clip) if wpmi_tops else _clip_correlations(moments, clip)
+        for layer, clip_scores in scores.items():
+            assembled[layer]["clip"] = clip_scores
         if timings is not None:
-            timings.extra["wpmi_s"] = round(time.perf_counter() - t, 3)
+            timings.extra["wpmi_s" if wpmi_tops else "clip_corr_s"] = round(time.perf_counter() - t, 3)
     all_p = np.concatenate([assembled[lp.layer]["p_value"].ravel() for lp in found.parts])
     t = time.perf_counter()
     all_q = bh_qvalues(all_p)
@@ -797,7 +849,7 @@ def _pair_table(layer: str, a: dict, n_pos: np.ndarray, n_images: int, concepts:
         "log_p": a["log_p"].ravel(),
         "p_perm": p_perm,
         "n_perm": np.where(np.isnan(p_perm), 0, n_perm).astype(np.int32),
-        "clip_score": (a["wpmi"].ravel() if ("wpmi" in a and clip_same_vocab) else np.full(n_rows, np.nan)),
+        "clip_score": (a["clip"].ravel() if ("clip" in a and clip_same_vocab) else np.full(n_rows, np.nan)),
         "depth": (depth[cidx] if depth is not None else np.full(n_rows, -1, dtype=np.int16)),
         **{key: a[key].ravel() for key in _METRIC_COLUMNS},
     }
@@ -878,10 +930,12 @@ def _unit_frame(layer: str, a: dict, concepts: list[str], text_concepts: list[st
         "spurious": summary["spurious"],
         "n_nonfinite": a["n_nonfinite"].astype(np.int64),
     }
-    if "wpmi" in a and len(text_concepts):
-        wbest = np.argmax(a["wpmi"], axis=1)
-        nd["clip_label"] = [text_concepts[j] for j in wbest]
-        nd["clip_score"] = a["wpmi"][np.arange(n_units), wbest]
+    if "clip" in a and len(text_concepts):
+        scores = a["clip"]
+        defined = np.isfinite(scores).any(axis=1)  # a constant unit has no CLIP correlation, hence no label
+        wbest = np.argmax(np.where(np.isfinite(scores), scores, -np.inf), axis=1)
+        nd["clip_label"] = [text_concepts[j] if ok else None for j, ok in zip(wbest, defined)]
+        nd["clip_score"] = np.where(defined, scores[np.arange(n_units), wbest], np.nan)
     return pd.DataFrame(nd)
 
 
@@ -923,8 +977,8 @@ def _write(out: RunDir, found: _Layers, assembled: dict[str, dict], score_cfg, h
                                  out.neurons)
             for lp in found.parts:
                 a = assembled[lp.layer]
-                if "wpmi" in a and not same_vocab:
-                    _write_clip_labels(out, lp.layer, a["wpmi"], text_concepts, a["unit_ids"])
+                if "clip" in a and not same_vocab:
+                    _write_clip_labels(out, lp.layer, a["clip"], text_concepts, a["unit_ids"])
         with timings.phase("write_neuron_concepts"):
             # Only the part of the write that the steps above did not cover is a phase of its own.
             timings.extra["write_neuron_concepts_s"] = round(pairs_written.result(), 3)
@@ -980,8 +1034,13 @@ def run_score(
         f"in {len(shards)} shard(s) of ≤ {score_cfg.units_per_shard} units")
     with timings.phase("perm_draws"):
         draws = _permutation_draws(found, params)
-    # Shards need only the embedded images' ids: the embeddings and the text stay in the driver's reduce.
-    shard_clip = None if clip_obj is None else {"image_ids": clip_obj["image_ids"], "top_k": clip_obj["top_k"]}
+    # soft-WPMI's shards need only the embedded images' ids (the embeddings and the text stay in the driver's
+    # reduce); CLIP correlation's need the embeddings too (put in the object store once, read in place).
+    shard_clip = None
+    if clip_obj is not None:
+        shard_clip = {"image_ids": clip_obj["image_ids"], "top_k": clip_obj["top_k"], "method": clip_obj["method"]}
+        if clip_obj["method"] == "correlation":
+            shard_clip["embeddings"] = clip_obj["embeddings"]
     scored = _score_shards(found, shards, params, score_cfg, shard_clip, timings, say, draws)
     results: dict[str, list[dict]] = {lp.layer: [] for lp in found.parts}
     for s, result in scored:
@@ -1053,7 +1112,7 @@ def _prepare_clip(run: RunDir, clip_cfg, concepts: list[str]) -> tuple[dict | No
     bundle = load_clip(clip_cfg.model, pretrained=clip_cfg.pretrained, checkpoint=clip_cfg.checkpoint)
     text = cached_embed_texts(bundle, vocab)  # on disk by (model, weights, prompts, vocabulary): random weights never
     return {"image_ids": uniq, "embeddings": emb[first], "text": text, "top_k": clip_cfg.top_k,
-            "precision": clip_cfg.precision}, vocab
+            "precision": clip_cfg.precision, "method": clip_cfg.method}, vocab
 
 
 def _write_clip_labels(out: RunDir, layer: str, wpmi: np.ndarray, vocab: list[str], unit_ids: np.ndarray) -> None:

@@ -300,6 +300,13 @@ class ClipSection(_Section):
     vocabulary_llm: VocabularyLLMSection | None = Field(
         None, description="The endpoint that proposes the words of vocabulary: llm."
     )
+    method: Literal["correlation", "soft_wpmi"] = Field(
+        "correlation",
+        description="How a unit's whole-image CLIP label is chosen: correlation (the word whose CLIP similarity "
+                    "correlates best with the unit's activations over all probe images; the default, the more "
+                    "accurate on the demo's labelled units) or soft_wpmi (CLIP-Dissect's, from the unit's top_k "
+                    "images).",
+    )
     top_k: Int = Field(100, ge=1, description="Top images per unit for soft-WPMI.")
     precision: Literal["float32", "float64"] = Field(
         "float32",

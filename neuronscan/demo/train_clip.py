@@ -268,7 +268,7 @@ def zero_shot_accuracy(bundle: ClipBundle, images: np.ndarray, labels: np.ndarra
 def train_tinyclip(
     seed: int = 0,
     n_train: int = 32000,
-    epochs: int = 4,
+    epochs: int = 8,
     batch_size: int = 128,
     lr: float = 2e-3,
     threads: int = 1,
@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evaluate", type=Path, metavar="CHECKPOINT", help="skip training; evaluate CHECKPOINT")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice of training (default 0)")
     parser.add_argument("--n-train", type=int, default=32000, help="training images (default 32000)")
-    parser.add_argument("--epochs", type=int, default=4, help="passes over the training images (default 4)")
+    parser.add_argument("--epochs", type=int, default=8, help="passes over the training images (default 8)")
     parser.add_argument("--batch-size", type=int, default=128, help="pairs per contrastive batch (default 128)")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (default 2e-3)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads; fixed for reproducibility")

@@ -112,7 +112,8 @@ NEURONS_SCHEMA = pa.schema(
 CLIP_LABELS_SCHEMA = pa.schema(
     [("layer", pa.string()), ("unit", pa.int32()), ("concept", pa.string()), ("clip_score", pa.float64())]
 )
-"""``clip_labels/<layer>.parquet``: soft-WPMI of every vocabulary word, when the vocabulary is not the concepts."""
+"""``clip_labels/<layer>.parquet``: the CLIP score (``probe.clip.method``) of every vocabulary word, when the vocabulary
+is not the concepts."""
 
 
 def unit_columns(n_units: int) -> list[str]:

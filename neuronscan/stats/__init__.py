@@ -10,6 +10,7 @@ blocks of units.
 
 from ._auc import auc_from_ranks, rank_sums
 from ._auprc import ConceptLayout, average_precision, prepare_labels
+from ._clipcorr import clip_correlation, clip_correlation_from_moments, clip_moments, embedding_covariance
 from ._compositional import Formula, compositional_search, compositional_search_units
 from ._fdr import bh_qvalues
 from ._mannwhitney import mannwhitney_pvalues
@@ -32,6 +33,10 @@ __all__ = [
     "Formula",
     "compositional_search",
     "compositional_search_units",
+    "clip_correlation",
+    "clip_correlation_from_moments",
+    "clip_moments",
+    "embedding_covariance",
     "soft_wpmi",
     "soft_wpmi_log_conditional",
     "soft_wpmi_log_conditional_from_top",
