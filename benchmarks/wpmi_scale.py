@@ -201,12 +201,12 @@ def child(impl: str, data: Path, out: Path, top_k: int, shard_units: int, previo
         finally:
             stats.soft_wpmi_log_conditional_from_top = kernel
     elif impl == "correlation":
-        from pipelines.score import _clip_correlations, _clip_moments
+        from pipelines.score import _clip_correlations, _clip_moments, centred_embeddings
 
         rec["import_s"] = time.perf_counter() - t0
         cpu0, t0 = time.process_time(), time.perf_counter()
         ids = np.arange(acts.shape[0], dtype=np.int64)
-        clip = {"image_ids": ids, "embeddings": emb, "text": txt}
+        clip = {"image_ids": ids, "embeddings": emb, "text": txt, "centred_embeddings": centred_embeddings(emb)}
         parts = [_clip_moments(ids, acts[:, s : s + shard_units], clip) for s in range(0, acts.shape[1], shard_units)]
         rec["moments_s"] = time.perf_counter() - t0
         scores = _clip_correlations({"layer": parts}, clip)["layer"]

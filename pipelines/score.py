@@ -464,7 +464,9 @@ def _wpmi_top(ids: np.ndarray, acts: np.ndarray, clip: dict) -> np.ndarray:
 def _clip_moments(ids: np.ndarray, acts: np.ndarray, clip: dict) -> dict:
     """The shard's units' CLIP-correlation moments (`clip_moments`) over its images that have an embedding,
     and those images as a packed mask over the run's embedding rows: the driver's reduce needs the
-    embeddings' covariance over the same images (one per distinct image set, usually one per run)."""
+    embeddings' covariance over the same images (one per distinct image set, usually one per run). The
+    embeddings come centred on the run's mean (``clip["centred_embeddings"]``), which leaves the moments
+    unchanged and keeps float32 from cancelling."""
     from neuronscan.stats import clip_moments
 
     emb_ids = clip["image_ids"]
@@ -480,8 +482,14 @@ def _clip_moments(ids: np.ndarray, acts: np.ndarray, clip: dict) -> dict:
         dim = clip["embeddings"].shape[1]
         return {"moments": np.zeros((acts.shape[1], dim)), "constant": np.ones(acts.shape[1], dtype=bool),
                 "images": np.packbits(mask), "n": 0}
-    moments, constant = clip_moments(a, clip["embeddings"][rows])
+    moments, constant = clip_moments(a, clip["centred_embeddings"][rows], centred=True)
     return {"moments": moments, "constant": constant, "images": np.packbits(mask), "n": int(have.sum())}
+
+
+def centred_embeddings(embeddings: np.ndarray) -> np.ndarray:
+    """``embeddings`` minus their mean, float32: what every shard's `_clip_moments` multiplies by."""
+    mean = np.asarray(embeddings).mean(axis=0, dtype=np.float64).astype(np.float32)
+    return np.subtract(embeddings, mean, dtype=np.float32)
 
 
 def _clip_correlations(parts_by_layer: dict[str, list[dict]], clip: dict) -> dict[str, np.ndarray]:
@@ -489,19 +497,26 @@ def _clip_correlations(parts_by_layer: dict[str, list[dict]], clip: dict) -> dic
     distinct image set."""
     from neuronscan.stats import clip_correlation_from_moments, embedding_covariance
 
-    covariances: dict[bytes, np.ndarray] = {}
     n_emb = len(clip["image_ids"])
-    out = {}
+    # Every shard of every layer that saw the same images is scored in one product (the words' variances,
+    # a C x D x D product, once per image set).
+    groups: dict[bytes, list[tuple[str, int]]] = {}
     for layer, parts in parts_by_layer.items():
-        rows = []
-        for p in parts:
-            key = p["images"].tobytes()
-            if key not in covariances:
-                mask = np.unpackbits(p["images"], count=n_emb).astype(bool)
-                covariances[key] = embedding_covariance(clip["embeddings"][mask])
-            rows.append(clip_correlation_from_moments(p["moments"], p["constant"], covariances[key], clip["text"]))
-        out[layer] = np.concatenate(rows)
-    return out
+        for i, p in enumerate(parts):
+            groups.setdefault(p["images"].tobytes(), []).append((layer, i))
+    scores: dict[tuple[str, int], np.ndarray] = {}
+    for key, members in groups.items():
+        mask = np.unpackbits(np.frombuffer(key, dtype=np.uint8), count=n_emb).astype(bool)
+        cov = embedding_covariance(clip["embeddings"][mask])
+        parts = [parts_by_layer[layer][i] for layer, i in members]
+        r = clip_correlation_from_moments(np.concatenate([p["moments"] for p in parts]),
+                                          np.concatenate([p["constant"] for p in parts]), cov, clip["text"])
+        start = 0
+        for member, p in zip(members, parts):
+            scores[member] = r[start : start + len(p["constant"])]
+            start += len(p["constant"])
+    return {layer: np.concatenate([scores[(layer, i)] for i in range(len(parts))])
+            for layer, parts in parts_by_layer.items()}
 
 
 def _wpmi_scores(tops: dict[str, np.ndarray], clip: dict) -> dict[str, np.ndarray]:
@@ -1039,8 +1054,8 @@ def run_score(
     shard_clip = None
     if clip_obj is not None:
         shard_clip = {"image_ids": clip_obj["image_ids"], "top_k": clip_obj["top_k"], "method": clip_obj["method"]}
-        if clip_obj["method"] == "correlation":
-            shard_clip["embeddings"] = clip_obj["embeddings"]
+        if clip_obj["method"] == "correlation":  # centred once here, not in every shard (see _clip_moments)
+            shard_clip["centred_embeddings"] = centred_embeddings(clip_obj["embeddings"])
     scored = _score_shards(found, shards, params, score_cfg, shard_clip, timings, say, draws)
     results: dict[str, list[dict]] = {lp.layer: [] for lp in found.parts}
     for s, result in scored:

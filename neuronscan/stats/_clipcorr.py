@@ -22,9 +22,10 @@ Non-finite activations are placed as in :mod:`._metrics` (NaN and -inf at the un
 +inf at its highest). A constant unit, or a word whose similarity is constant, has r = NaN.
 
 The image products run in float32 on centred embeddings over blocks of ``_ROWS`` images and add up in
-float64 (the embeddings stay float32: a float64 copy of ImageNet's would be 5 GB); the covariance is float64
-throughout. Scores are within ~1e-6 of the float64 formula, and a unit's do not depend on its shard beyond
-that (BLAS may order a product's sums by its shape).
+float64 (the embeddings stay float32: a float64 copy of ImageNet's would be 5 GB); the covariance and the
+words' variances are float64, the final ``(K, D) @ (D, C)`` product float32. Scores are within ~1e-6 of
+the float64 formula, and a unit's do not depend on its shard beyond that (BLAS may order a product's sums by
+its shape).
 """
 
 from __future__ import annotations
@@ -49,12 +50,15 @@ def _embeddings(embeddings: object, n_images: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(e, dtype=np.float32)
 
 
-def clip_moments(activations: object, embeddings: object) -> tuple[np.ndarray, np.ndarray]:
+def clip_moments(activations: object, embeddings: object, *, centred: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Each unit's ``m_u = (1/n) sum_i z_i e_i`` (its standardised activations times the image embeddings).
 
     Args:
         activations: ``(n_images, K)`` activations of K units.
         embeddings: ``(n_images, D)`` image embeddings of the same images, in the same order.
+        centred: the caller already subtracted a common vector from the embeddings (any constant vector leaves
+            ``m`` unchanged, as ``sum_i z_i = 0``; a mean keeps float32 from cancelling), e.g. the whole run's
+            mean once for every shard; otherwise these embeddings' mean is subtracted, block by block.
 
     Returns:
         ``(m, constant)``: ``(K, D)`` float64 moments (zero for a constant unit) and ``(K,)`` bool, True where
@@ -76,11 +80,11 @@ def clip_moments(activations: object, embeddings: object) -> tuple[np.ndarray, n
             z[k] = xc / sd
     # Centred embeddings: CLIP's share a large common direction, which sum(z) = 0 cancels exactly in theory
     # and catastrophically in float32 (terms ~|e|, result ~|e - mean|).
-    mean = _mean(e)
-    centre = mean.astype(np.float32)
+    centre = None if centred else _mean(e).astype(np.float32)
     m = np.zeros((n_units, e.shape[1]), dtype=np.float64)
     for start in range(0, n_images, _ROWS):
-        m += z[:, start : start + _ROWS] @ (e[start : start + _ROWS] - centre)
+        block = e[start : start + _ROWS]
+        m += z[:, start : start + _ROWS] @ (block if centre is None else block - centre)
     if n_images:
         m /= n_images
     return m, constant
@@ -123,16 +127,16 @@ def clip_correlation_from_moments(
     if t.ndim != 2 or t.shape[1] != m.shape[1] or cov.shape != (m.shape[1], m.shape[1]):
         raise ValueError(f"text embeddings must have shape (C, {m.shape[1]}) and the covariance "
                          f"({m.shape[1]}, {m.shape[1]}); got {fmt_shape(t.shape)} and {fmt_shape(cov.shape)}")
-    var = np.einsum("cd,cd->c", t @ cov, t)
+    var = np.einsum("cd,cd->c", t @ cov, t)  # float64: the denominators, once per word
     # A word whose similarity is constant over the images: its variance is rounding noise (relative to the
     # similarity's own scale), and r is undefined.
     scale = np.einsum("cd,cd->c", t, t) * max(float(np.trace(cov)), 0.0)
     ok = var > 1e-12 * np.maximum(scale, 1e-300)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = (m @ t.T) / np.sqrt(np.where(ok, var, 1.0))
+    # The (K, C) product in float32 (twice BLAS's float64 rate; ~1e-7 relative on r), scaled in float64.
+    r = (m.astype(np.float32) @ (t / np.sqrt(np.where(ok, var, 1.0))[:, None]).astype(np.float32).T).astype(np.float64)
     r[:, ~ok] = np.nan
     r[np.asarray(constant, dtype=bool)] = np.nan
-    return np.clip(r, -1.0, 1.0, out=r, where=np.isfinite(r))
+    return np.clip(r, -1.0, 1.0, out=r, where=~np.isnan(r))
 
 
 def clip_correlation(activations: object, image_embeddings: object, text_embeddings: object) -> np.ndarray:

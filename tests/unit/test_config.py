@@ -214,3 +214,13 @@ def test_a_recorded_config_with_a_disabled_describe_section_loads_again():
     recorded["probe"]["clip"] = {"model": "neuronscan-tinyclip"}
     with pytest.raises(ConfigError, match="describe.top_m"):
         config_from_dict(recorded)
+
+
+def test_clip_method_defaults_to_correlation_and_refuses_others():
+    base = MINIMAL
+    cfg = config_from_dict({**base, "probe": {"clip": {"model": "neuronscan-tinyclip"}}})
+    assert cfg.probe.clip.method == "correlation"
+    cfg = config_from_dict({**base, "probe": {"clip": {"model": "neuronscan-tinyclip", "method": "soft_wpmi"}}})
+    assert cfg.probe.clip.method == "soft_wpmi"
+    with pytest.raises(ConfigError, match=r"probe\.clip\.method"):
+        config_from_dict({**base, "probe": {"clip": {"model": "neuronscan-tinyclip", "method": "cosine"}}})

@@ -82,6 +82,9 @@ def test_moments_are_per_unit_and_add_up_over_blocks(monkeypatch):
     monkeypatch.setattr(_clipcorr, "_ROWS", 333)
     m_blocks, _ = clip_moments(a, e)
     np.testing.assert_allclose(m_blocks, m_all, atol=1e-6 * np.abs(m_all).max(), rtol=0)
+    # Centred by the caller (the score stage centres on the run's mean once): the same moments.
+    m_given, _ = clip_moments(a, e - e.mean(axis=0, dtype=np.float64).astype(np.float32), centred=True)
+    np.testing.assert_allclose(m_given, m_all, atol=1e-6 * np.abs(m_all).max(), rtol=0)
     cov = embedding_covariance(e)
     np.testing.assert_allclose(cov, np.cov(e.astype(np.float64).T, bias=True), atol=1e-12, rtol=1e-9)
     t = rng.normal(size=(3, 10))
