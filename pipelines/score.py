@@ -522,9 +522,7 @@ def _clip_correlations(parts_by_layer: dict[str, list[dict]], clip: dict) -> dic
 def _wpmi_scores(tops: dict[str, np.ndarray], clip: dict) -> dict[str, np.ndarray]:
     """Each layer's soft-WPMI scores ``log p(c | B_k) - log p(c)`` (prior over the layer's units, lambda = 1),
     from its units' top-image rows: one soft-WPMI call for all layers that share a top-set size."""
-    from scipy.special import logsumexp
-
-    from neuronscan.stats import soft_wpmi_log_conditional_from_top
+    from neuronscan.stats import soft_wpmi_log_conditional_from_top, soft_wpmi_log_prior
 
     out: dict[str, np.ndarray] = {}
     by_width: dict[int, list[str]] = {}
@@ -538,8 +536,7 @@ def _wpmi_scores(tops: dict[str, np.ndarray], clip: dict) -> dict[str, np.ndarra
         for layer in layers:
             rows = logcond[start : start + len(tops[layer])]
             start += len(rows)
-            log_prior = logsumexp(rows, axis=0) - np.log(rows.shape[0])
-            out[layer] = rows - log_prior
+            out[layer] = rows - soft_wpmi_log_prior(rows)
     return out
 
 

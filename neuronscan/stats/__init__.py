@@ -25,6 +25,7 @@ from ._wpmi import (
     soft_wpmi,
     soft_wpmi_log_conditional,
     soft_wpmi_log_conditional_from_top,
+    soft_wpmi_log_prior,
     top_image_indices,
     top_mean_cosine,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "soft_wpmi",
     "soft_wpmi_log_conditional",
     "soft_wpmi_log_conditional_from_top",
+    "soft_wpmi_log_prior",
     "top_image_indices",
     "top_mean_cosine",
     "ConceptLayout",

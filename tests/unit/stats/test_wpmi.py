@@ -501,3 +501,16 @@ def test_docstring_examples():
     result = doctest.testmod(_wpmi_module, extraglobs=namespace,
                              optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 5 and result.failed == 0
+
+
+def test_log_prior_is_the_log_mean_exp_over_units():
+    from scipy.special import logsumexp
+
+    from neuronscan.stats import soft_wpmi_log_prior
+
+    rng = np.random.default_rng(7)
+    log_cond = -np.abs(rng.normal(scale=300.0, size=(50, 9)))  # far below 0: exp underflows without the shift
+    want = logsumexp(log_cond, axis=0) - np.log(50)
+    np.testing.assert_allclose(soft_wpmi_log_prior(log_cond), want, rtol=1e-12, atol=1e-9)
+    with pytest.raises(ValueError, match="n_units >= 1"):
+        soft_wpmi_log_prior(np.empty((0, 3)))
