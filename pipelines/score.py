@@ -401,6 +401,14 @@ def score_shard(
     return out
 
 
+def _score_shard_keeping_heap(*args) -> dict:
+    """`score_shard` in a Ray worker that keeps freed memory for its next shard (``score.keep_worker_heap``)."""
+    from pipelines._ray import keep_freed_memory
+
+    keep_freed_memory()
+    return score_shard(*args)
+
+
 def _formula_mask(formula, labels, n_images: int) -> np.ndarray:
     """A formula's positive set from the CSC label matrix (`Formula.mask` without re-validating the labels)."""
     csc = labels.tocsc() if not isinstance(labels, (sp.csc_matrix, sp.csc_array)) else labels
@@ -728,7 +736,8 @@ def _dispatch(found: _Layers, shards: list[_Shard], params: ShardParams, score_c
     import ray
 
     unit_cap = score_cfg.units_per_shard
-    task = ray.remote(score_shard).options(num_cpus=score_cfg.cpus_per_task, max_retries=TASK_RETRIES)
+    fn = _score_shard_keeping_heap if getattr(score_cfg, "keep_worker_heap", True) else score_shard
+    task = ray.remote(fn).options(num_cpus=score_cfg.cpus_per_task, max_retries=TASK_RETRIES)
     with timings.phase("put"):
         # Layers probed on the same images share one label matrix, layout and id index in the object store.
         put_cache: dict[int, tuple] = {}

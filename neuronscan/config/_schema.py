@@ -489,6 +489,11 @@ class ScoreSection(_Section):
     alpha: Float = Field(0.05, gt=0, lt=1, description="FDR level for 'significant'.")
     units_per_shard: Int = Field(64, ge=1, description="Units per Ray scoring task (memory ~ N x shard x 8 bytes).")
     cpus_per_task: Float = Field(1.0, gt=0)
+    keep_worker_heap: Bool = Field(
+        True, description="Score workers keep the memory a shard freed for their next shard (glibc only: large "
+        "arrays come from the heap, which is never trimmed) instead of returning it to the system and faulting "
+        "it in again, page by page; a worker's RSS then stays at its largest shard's.",
+    )
     n_perm: Int = Field(1000, ge=0, description="Permutations per tested pair; 0 turns permutation tests off.")
     perm_top: Int = Field(
         3, ge=0, description="Permutation-test each unit's top concepts (plus every pair with p <= alpha)."

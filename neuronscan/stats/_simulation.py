@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ._metrics import _finite_values, _unit_major
+from ._metrics import _finite_values
 from ._validate import as_activations, fmt_shape
 
 __all__ = ["holdout_mask", "simulation_scores"]
@@ -137,27 +137,22 @@ def simulation_scores(
         "n_holdout": n_held,
     }
     m_cand = min(int(n_candidates), n_concepts)
-    # Blocks of units whose float64 copies stay near _BLOCK_BYTES; every statistic is per unit, so the
-    # blocks change no bit.
-    step = max(1, min(n_units, _BLOCK_BYTES // (24 * max(n_images, 1))))
+    # Blocks of units whose float64 copies (8 bytes per unit and image: the centred fit and held-out values)
+    # stay near _BLOCK_BYTES; every statistic is per unit, so the blocks change no bit.
+    step = max(1, min(n_units, _BLOCK_BYTES // (8 * max(n_images, 1))))
+    fit_rows, held_rows = np.flatnonzero(fit), np.flatnonzero(held)
     for first in range(0, n_units, step):
         block = a[:, first : first + step]
-        x = np.empty((block.shape[1], n_images), dtype=np.float64)
-        for j in range(block.shape[1]):
-            x[j] = _finite_values(np.asarray(block[:, j], dtype=np.float64))
-        xf, xh = x[:, fit], x[:, held]
-        del x
-        _, xf_c, _, sxx_f = _unit_major(xf.T)
-        _, xh_c, _, sxx_h = _unit_major(xh.T)
+        (xf_c, mean_f, sxx_f), (xh_c, _, sxx_h) = _split_centred(block, fit_rows, held_rows)
         sums_f = np.asarray(y_fit.T @ xf_c.T)  # (C, block)
         sums_h = np.asarray(y_held.T @ xh_c.T)
-        del xf_c, xh_c
+        del xf_c
         corr_f = _corr_from_sums(sums_f, npos_fit, n_fit, sxx_f)
         corr_h = _corr_from_sums(sums_h, npos_held, n_held, sxx_h)
         for j in range(block.shape[1]):
             k = first + j
             if formula_masks is not None and formula_masks[k] is not None:
-                out["formula_corr"][k] = _pearson(np.asarray(formula_masks[k], dtype=np.float64)[held], xh[j])
+                out["formula_corr"][k] = _pearson(np.asarray(formula_masks[k], dtype=np.float64)[held], xh_c[j])
             rf = corr_f[:, j]
             if not np.isfinite(rf).any() or m_cand == 0:
                 continue
@@ -171,16 +166,32 @@ def simulation_scores(
             if not terms:
                 continue
             chosen = cand[terms]
-            intercept = xf[j].mean() - float(w @ (npos_fit[chosen] / n_fit))
+            intercept = mean_f[j] - float(w @ (npos_fit[chosen] / n_fit))
             pred = intercept + np.asarray(y_held[:, chosen] @ w).ravel()
-            out["linear_corr"][k] = _pearson(pred, xh[j])
+            out["linear_corr"][k] = _pearson(pred, xh_c[j])
             out["linear_terms"][k] = [int(c) for c in chosen]
             out["linear_weights"][k] = [float(v) for v in w]
             out["linear_intercept"][k] = intercept
     return out
 
 
-_BLOCK_BYTES = 64 << 20
+_BLOCK_BYTES = 256 << 20
+
+
+def _split_centred(block: np.ndarray, *splits: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per split of image rows: unit-major float64 values (non-finite ones placed over all images), centred,
+    with their means and sums of squares. One unit at a time (a unit's bits do not depend on the block), each
+    converted once for all splits."""
+    n_units = block.shape[1]
+    out = [(np.empty((n_units, rows.size)), np.empty(n_units), np.empty(n_units)) for rows in splits]
+    for k in range(n_units):
+        v = _finite_values(np.asarray(block[:, k], dtype=np.float64))
+        for rows, (xc, mean, sxx) in zip(splits, out):
+            part = v[rows]
+            mean[k] = part.mean() if part.size else np.nan
+            np.subtract(part, mean[k], out=xc[k])
+            sxx[k] = xc[k] @ xc[k]
+    return out
 
 
 def _forward_stepwise(
