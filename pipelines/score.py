@@ -14,8 +14,10 @@ whole call, and the shard tasks' own seconds per phase summed over the shards.
 
 An embedded Ray requested with ``init_ray(background=True)`` starts once discovery has read the first
 layer's image ids, and overlaps the rest of discovery (the wait for it is the ``ray_wait`` phase). Inputs of
-at most `_DRIVER_ONLY_VALUES` unit × image values are scored by the driver alone and start no Ray: the
-numbers are those a Ray task computes (the same function on the same inputs).
+at most `_DRIVER_ONLY_VALUES` unit × image values are scored by the driver alone and start no Ray; with
+larger inputs the driver scores shards of at most that size itself while the Ray start is under way
+(``shards_while_ray_starts``) and hands the rest to Ray tasks once it is up. The numbers are those a Ray
+task computes (the same function on the same inputs).
 """
 
 from __future__ import annotations
@@ -69,14 +71,14 @@ class ScoreSummary:
     Attributes:
         seconds: wall time of the call.
         timings: where it went (see `_Timings.as_dict`): ``total_s``; ``phases_s``, the driver's wall
-            seconds per phase in order (they add up to ``total_s``; ``ray_wait`` is the part of a
-            background Ray start that discovery did not cover, ``shards_in_driver`` the scoring of small
-            inputs without Ray); ``ray_start_s``, how long the Ray start took; ``shards_in_driver``, how
-            many shards the driver scored; ``bh_s`` and, with CLIP, ``wpmi_s`` (soft-WPMI over every shard's
-            top images) or ``clip_corr_s`` (CLIP correlations from the shards' moments) are parts of ``reduce``;
-            ``write_neuron_concepts_s``, the whole write of the pair table (it overlaps ``unit_summary`` and
-            ``write_neurons``);
-            ``shards``, the shards' own seconds per phase summed over them (``read``, ``rank``, ``scores``
+            seconds per phase in order (they add up to ``total_s``; ``shards_while_ray_starts`` is the
+            driver scoring shards itself while an embedded Ray starts, ``ray_wait`` the rest of that start
+            that neither discovery nor those shards covered, ``shards_in_driver`` the scoring of small
+            inputs without Ray); ``ray_start_s``, how long the Ray start took; ``shards_in_driver`` and
+            ``shards_while_ray_starts``, how many shards the driver scored; ``bh_s`` and, with CLIP,
+            ``wpmi_s`` (soft-WPMI over every shard's top images) or ``clip_corr_s`` (CLIP correlations from
+            the shards' moments) are parts of ``reduce``; ``write_neuron_concepts_s``, the whole write of the
+            pair table (it overlaps ``unit_summary`` and ``write_neurons``); ``shards``, the shards' own seconds per phase summed over them (``read``, ``rank``, ``scores``
             = rank sums + AUC + AUPRC + p, ``metrics``, ``permutation``, ``compositional``, ``simulation``,
             ``wpmi`` = the shard's CLIP part: choosing soft-WPMI's top images or the correlation moments,
             ``other``), their
@@ -714,20 +716,37 @@ def _score_shards(found: _Layers, shards: list[_Shard], params: ShardParams, sco
     from pipelines._ray import local_ray_starting, ray_start_begun
 
     progress = _progress(say, len(shards))
-    if local_ray_starting() is not None and not ray_start_begun():
-        done: list[tuple[_Shard, dict]] = []
+    done: list[tuple[_Shard, dict]] = []
+
+    def in_driver(s: _Shard) -> None:
+        mat = found.labels[s.layer]
+        result = score_shard(s.files, s.columns, s.first_unit, found.image_ids[s.layer], mat.matrix,
+                             found.concepts, params, clip_obj, found.layouts[s.layer], draws.get(id(mat)))
+        timings.add_shard(result.pop("timings", {}))
+        done.append((s, result))
+        progress(len(done))
+
+    starting = local_ray_starting()
+    if starting is not None and not ray_start_begun():
         with timings.phase("shards_in_driver"):
             for s in shards:
-                mat = found.labels[s.layer]
-                result = score_shard(s.files, s.columns, s.first_unit, found.image_ids[s.layer], mat.matrix,
-                                     found.concepts, params, clip_obj, found.layouts[s.layer], draws.get(id(mat)))
-                timings.add_shard(result.pop("timings", {}))
-                done.append((s, result))
-                progress(len(done))
+                in_driver(s)
         timings.extra["shards_in_driver"] = len(done)
         return done
+    remaining = list(shards)
+    if starting is not None:
+        # An embedded Ray is starting: the driver scores small shards itself until it is up (a large one
+        # would hold the driver, and its memory, long after the workers could have taken it).
+        with timings.phase("shards_while_ray_starts"):
+            while (remaining and not starting.done()
+                   and len(found.image_ids[remaining[0].layer]) * len(remaining[0].columns) <= _DRIVER_ONLY_VALUES):
+                in_driver(remaining.pop(0))
+        timings.extra["shards_while_ray_starts"] = len(done)
+    if not remaining:
+        return done
     _wait_for_ray(timings)
-    return _dispatch(found, shards, params, score_cfg, clip_obj, timings, progress, draws)
+    return done + _dispatch(found, remaining, params, score_cfg, clip_obj, timings,
+                            lambda n: progress(len(done) + n), draws)
 
 
 def _dispatch(found: _Layers, shards: list[_Shard], params: ShardParams, score_cfg, clip_obj: dict | None,

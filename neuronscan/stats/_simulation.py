@@ -175,7 +175,7 @@ def simulation_scores(
     return out
 
 
-_BLOCK_BYTES = 256 << 20
+_BLOCK_BYTES = 64 << 20
 
 
 def _split_centred(block: np.ndarray, *splits: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

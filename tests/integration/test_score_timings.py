@@ -166,6 +166,35 @@ def test_shards_scored_in_the_driver_equal_ray_tasks(ray_local, data, tmp_path, 
     _assert_bit_identical(_tables(in_driver), _tables(ray_only))
 
 
+def test_the_driver_scores_shards_while_ray_starts_and_ray_takes_the_rest(ray_local, data, tmp_path, monkeypatch):
+    """While an embedded Ray is starting, the driver scores shards itself; once it is up the rest go to Ray
+    tasks. The numbers are the same as Ray's alone."""
+    import pipelines._ray
+
+    _, run, labels = data
+    cfg = _score_cfg().score
+    ray_only = tmp_path / "ray"
+    run_score(activations_dir=run.activations_dir, labels=labels, out_dir=str(ray_only), score_cfg=cfg, quiet=True)
+
+    class Starting:  # a start that is begun and comes up after the driver has scored two shards
+        checks = 0
+
+        def done(self) -> bool:
+            Starting.checks += 1
+            return Starting.checks > 2
+
+    monkeypatch.setattr(pipelines._ray, "local_ray_starting", lambda: Starting())
+    monkeypatch.setattr(pipelines._ray, "ray_start_begun", lambda: True)
+    mixed = tmp_path / "mixed"
+    summary = run_score(activations_dir=run.activations_dir, labels=labels, out_dir=str(mixed), score_cfg=cfg,
+                        quiet=True)
+    t = summary.timings
+    assert t["shards_while_ray_starts"] == 2 and t["shards"]["count"] == 4
+    assert t["phases_s"]["shards_while_ray_starts"] > 0 and t["phases_s"]["shards"] > 0
+    _assert_phases_add_up(t)
+    _assert_bit_identical(_tables(mixed), _tables(ray_only))
+
+
 def test_permutation_pvalues_do_not_depend_on_the_sharding(ray_local, data, tmp_path, monkeypatch):
     """The run's permutations are drawn once and shared: a pair's p_perm is that of one call over the whole
     layer, whatever units_per_shard; shards that draw the rows themselves (over the memory cap) agree."""
