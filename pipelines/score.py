@@ -78,7 +78,8 @@ class ScoreSummary:
             ``shards_while_ray_starts``, how many shards the driver scored; ``bh_s`` and, with CLIP,
             ``wpmi_s`` (soft-WPMI over every shard's top images) or ``clip_corr_s`` (CLIP correlations from
             the shards' moments) are parts of ``reduce``; ``write_neuron_concepts_s``, the whole write of the
-            pair table (it overlaps ``unit_summary`` and ``write_neurons``); ``shards``, the shards' own seconds per phase summed over them (``read``, ``rank``, ``scores``
+            pair table (it overlaps ``unit_summary`` and ``write_neurons``); ``shards``, the shards' own
+            seconds per phase summed over them (``read``, ``rank``, ``scores``
             = rank sums + AUC + AUPRC + p, ``metrics``, ``permutation``, ``compositional``, ``simulation``,
             ``wpmi`` = the shard's CLIP part: choosing soft-WPMI's top images or the correlation moments,
             ``other``), their
