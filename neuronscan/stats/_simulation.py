@@ -180,14 +180,16 @@ _BLOCK_BYTES = 64 << 20
 
 def _split_centred(block: np.ndarray, *splits: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per split of image rows: unit-major float64 values (non-finite ones placed over all images), centred,
-    with their means and sums of squares. One unit at a time (a unit's bits do not depend on the block), each
-    converted once for all splits."""
+    with their means and sums of squares. One unit at a time (a unit's bits do not depend on the block): its
+    column is gathered once in the splits' order, converted, and each split is a slice of that."""
     n_units = block.shape[1]
+    order = np.concatenate(splits)
+    bounds = np.cumsum([0, *(rows.size for rows in splits)])
     out = [(np.empty((n_units, rows.size)), np.empty(n_units), np.empty(n_units)) for rows in splits]
     for k in range(n_units):
-        v = _finite_values(np.asarray(block[:, k], dtype=np.float64))
-        for rows, (xc, mean, sxx) in zip(splits, out):
-            part = v[rows]
+        v = _finite_values(np.asarray(block[order, k], dtype=np.float64))  # placed over all images
+        for (xc, mean, sxx), lo_b, hi_b in zip(out, bounds[:-1], bounds[1:]):
+            part = v[lo_b:hi_b]
             mean[k] = part.mean() if part.size else np.nan
             np.subtract(part, mean[k], out=xc[k])
             sxx[k] = xc[k] @ xc[k]
