@@ -404,12 +404,14 @@ def score_shard(
     return out
 
 
-def _score_shard_keeping_heap(*args) -> dict:
-    """`score_shard` in a Ray worker that keeps freed memory for its next shard (``score.keep_worker_heap``)."""
-    from pipelines._ray import keep_freed_memory
+def _score_shard_task(fn, keep_heap: bool, *args) -> dict:
+    """A Ray task: ``fn`` (`score_shard`, as the driver resolved it) on ``args``, in a worker that keeps freed
+    memory for its next shard when ``keep_heap`` (``score.keep_worker_heap``)."""
+    if keep_heap:
+        from pipelines._ray import keep_freed_memory
 
-    keep_freed_memory()
-    return score_shard(*args)
+        keep_freed_memory()
+    return fn(*args)
 
 
 def _formula_mask(formula, labels, n_images: int) -> np.ndarray:
@@ -756,8 +758,8 @@ def _dispatch(found: _Layers, shards: list[_Shard], params: ShardParams, score_c
     import ray
 
     unit_cap = score_cfg.units_per_shard
-    fn = _score_shard_keeping_heap if getattr(score_cfg, "keep_worker_heap", True) else score_shard
-    task = ray.remote(fn).options(num_cpus=score_cfg.cpus_per_task, max_retries=TASK_RETRIES)
+    task = ray.remote(_score_shard_task).options(num_cpus=score_cfg.cpus_per_task, max_retries=TASK_RETRIES)
+    keep_heap = bool(getattr(score_cfg, "keep_worker_heap", True))
     with timings.phase("put"):
         # Layers probed on the same images share one label matrix, layout and id index in the object store.
         put_cache: dict[int, tuple] = {}
@@ -769,8 +771,8 @@ def _dispatch(found: _Layers, shards: list[_Shard], params: ShardParams, score_c
                 put_cache[id(mat)] = (ray.put(mat.matrix), ray.put(found.image_ids[s.layer]),
                                       ray.put(found.layouts[s.layer]), ray.put(draws.get(id(mat))))
             lab_ref, ids_ref, layout_ref, draws_ref = put_cache[id(mat)]
-            futures.append((s, task.remote(s.files, s.columns, s.first_unit, ids_ref, lab_ref, found.concepts, params,
-                                           clip_ref, layout_ref, draws_ref)))
+            futures.append((s, task.remote(score_shard, keep_heap, s.files, s.columns, s.first_unit, ids_ref, lab_ref,
+                                           found.concepts, params, clip_ref, layout_ref, draws_ref)))
     results: list[tuple[_Shard, dict]] = []
     pending = {ref: s for s, ref in futures}
     with timings.phase("shards"):
