@@ -492,7 +492,7 @@ def _clip_moments(ids: np.ndarray, acts: np.ndarray, clip: dict) -> dict:
     mask = np.zeros(len(emb_ids), dtype=bool)
     mask[rows] = True
     if not len(rows):  # none of the shard's images has an embedding: no correlation is defined
-        dim = clip["embeddings"].shape[1]
+        dim = clip["centred_embeddings"].shape[1]
         return {"moments": np.zeros((acts.shape[1], dim)), "constant": np.ones(acts.shape[1], dtype=bool),
                 "images": np.packbits(mask), "n": 0}
     moments, constant = clip_moments(a, clip["centred_embeddings"][rows], centred=True)

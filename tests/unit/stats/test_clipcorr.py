@@ -102,3 +102,21 @@ def test_bad_shapes_are_refused():
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="finite"):
         clip_correlation(a, bad, rng.normal(size=(3, 4)))
+
+
+def test_a_shard_whose_images_have_no_embedding_gets_no_correlation():
+    from pipelines.score import _clip_correlations, _clip_moments, centred_embeddings
+
+    rng = np.random.default_rng(5)
+    emb, text = _embeddings(rng, 30, 6), rng.normal(size=(4, 6))
+    clip = {"image_ids": np.arange(100, 130), "embeddings": emb, "text": text,
+            "centred_embeddings": centred_embeddings(emb)}
+    part = _clip_moments(np.arange(5), rng.normal(size=(5, 3)), clip)  # ids 0..4: none embedded
+    assert part["n"] == 0 and part["constant"].all()
+    assert np.isnan(_clip_correlations({"layer": [part]}, clip)["layer"]).all()
+    # ... and a shard that shares some images is scored over those alone
+    ids = np.array([3, 101, 7, 120, 105, 110, 111, 129])
+    acts = rng.normal(size=(8, 2))
+    got = _clip_correlations({"layer": [_clip_moments(ids, acts, clip)]}, clip)["layer"]
+    have = ids >= 100
+    np.testing.assert_allclose(got, _naive(acts[have], emb[ids[have] - 100], text), atol=5e-7)
