@@ -457,15 +457,19 @@ def _permutation_pairs(auc: np.ndarray, p_value: np.ndarray, params: ShardParams
     return unit_idx, concept_idx
 
 
+def _embedding_rows(ids: np.ndarray, emb_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's row in the run's embedding matrix (``emb_ids`` sorted) and whether it has one."""
+    emb_pos = np.minimum(np.searchsorted(emb_ids, ids), len(emb_ids) - 1)
+    return emb_pos, emb_ids[emb_pos] == ids
+
+
 def _wpmi_top(ids: np.ndarray, acts: np.ndarray, clip: dict) -> np.ndarray:
     """soft-WPMI's top images ``B_k`` of the shard's units, among the images with an embedding, as rows of
     the run's embedding matrix (``clip["image_ids"]``, sorted); the driver's reduce scores every shard's
     rows in one call (`_wpmi_scores`), so each top image's softmax row is computed once per run."""
     from neuronscan.stats import top_image_indices
 
-    emb_ids = clip["image_ids"]
-    emb_pos = np.minimum(np.searchsorted(emb_ids, ids), len(emb_ids) - 1)
-    have = emb_ids[emb_pos] == ids
+    emb_pos, have = _embedding_rows(ids, clip["image_ids"])
     a = acts[have]
     finite = np.isfinite(a)
     if not finite.all():  # NaN/Inf images sink to the bottom of the unit's ranking
@@ -483,8 +487,7 @@ def _clip_moments(ids: np.ndarray, acts: np.ndarray, clip: dict) -> dict:
     from neuronscan.stats import clip_moments
 
     emb_ids = clip["image_ids"]
-    emb_pos = np.minimum(np.searchsorted(emb_ids, ids), len(emb_ids) - 1)
-    have = emb_ids[emb_pos] == ids
+    emb_pos, have = _embedding_rows(ids, emb_ids)
     rows = emb_pos[have]
     order = np.argsort(rows, kind="stable")  # embedding-row order: the block reads walk the matrix forwards
     rows = rows[order]

@@ -16,7 +16,7 @@ because ``sum_i z_i = 0`` removes the similarities' mean, and ``Σ`` is the embe
 So a shard of units needs one ``(K, n) @ (n, D)`` product (:func:`clip_moments`), and the run one ``D × D``
 covariance per image set and one ``(U, D) @ (D, C)`` product (:func:`clip_correlation_from_moments`):
 ``O(n K D)`` per shard and ``O(C D²)`` once, against ``O(n K C)`` for the similarity matrix. 50,000 images ×
-2,048 units × 20,000 words is a 2e11-flop product instead of 4e12.
+2,048 units × 20,000 words at D = 512 is 7e10 multiply-adds instead of 2e12.
 
 Non-finite activations are placed as in :mod:`._metrics` (NaN and -inf at the unit's lowest finite value,
 +inf at its highest). A constant unit, or a word whose similarity is constant, has r = NaN.
@@ -69,7 +69,7 @@ def clip_moments(activations: object, embeddings: object, *, centred: bool = Fal
     e = _embeddings(embeddings, n_images)
     z = np.empty((n_units, n_images), dtype=np.float32)
     constant = np.zeros(n_units, dtype=bool)
-    for k in range(n_units):  # one unit at a time: the same bits whatever the shard size
+    for k in range(n_units):  # one unit at a time: a unit's z has the same bits whatever the shard size
         x = _finite_values(np.asarray(a[:, k], dtype=np.float64))
         xc = x - x.mean() if n_images else x
         sd = np.sqrt(xc @ xc / n_images) if n_images else 0.0
