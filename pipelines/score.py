@@ -23,6 +23,7 @@ task computes (the same function on the same inputs).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 import warnings
@@ -574,9 +575,10 @@ class _Layers:
 
 
 def _discover(activations_dir: str, labels: pd.DataFrame, hierarchy, committed: set[str] | None, say,
-              timings: _Timings) -> _Layers:
+              timings: _Timings, start_ray: bool = True) -> _Layers:
     """List the layers' parts, read their image ids once, and build one label matrix (and its layout for the
-    AUPRC kernel) per distinct id set."""
+    AUPRC kernel) per distinct id set. With ``start_ray``, a requested background Ray start begins once the
+    first layer's ids are read (unless the inputs are small, `_begin_ray_unless_small`)."""
     from neuronscan.stats import prepare_labels
 
     with timings.phase("list_parts"):
@@ -594,7 +596,7 @@ def _discover(activations_dir: str, labels: pd.DataFrame, hierarchy, committed: 
     for i, lp in enumerate(parts):
         with timings.phase("read_image_ids"):
             ids, dups = read_image_ids(lp.files, lp.units)
-        if i == 0:
+        if i == 0 and start_ray:
             _begin_ray_unless_small(len(ids) * sum(len(p.units) for p in parts))
         counts["duplicate_image_rows"] += dups
         key = ids.tobytes()
@@ -656,6 +658,14 @@ def _permutation_draws(found: _Layers, params: ShardParams) -> dict[int, object]
     return out
 
 
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask; all of the machine's off Linux)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def _progress(say, total: int):
     """A callback for the shard loop: print ``score: i/total shards`` at most every 5 s, and at the end."""
     state = {"last": time.perf_counter()}
@@ -714,8 +724,9 @@ def _shards(found: _Layers, shard: int) -> list[_Shard]:
 
 def _score_shards(found: _Layers, shards: list[_Shard], params: ShardParams, score_cfg, clip_obj: dict | None,
                   timings: _Timings, say, draws: dict[int, object]) -> list[tuple[_Shard, dict]]:
-    """Every shard's result: as Ray tasks (`_dispatch`), or scored here when the inputs are too small to be
-    worth starting an embedded Ray for (its requested start was not begun, `_begin_ray_unless_small`).
+    """Every shard's result: as Ray tasks (`_dispatch`); or scored here, on a thread pool with
+    ``score.executor: local``, or one by one when the inputs are too small to be worth starting an embedded
+    Ray for (its requested start was not begun, `_begin_ray_unless_small`).
 
     Here, the driver calls the function a task runs, on the same inputs: the numbers are the same.
     """
@@ -732,6 +743,24 @@ def _score_shards(found: _Layers, shards: list[_Shard], params: ShardParams, sco
         done.append((s, result))
         progress(len(done))
 
+    if getattr(score_cfg, "executor", "ray") == "local":
+        # No Ray: every shard in this process, several at once (the kernels release the GIL in their sorts,
+        # gathers and products). Results are kept in shard order, as Ray's are.
+        threads = max(1, min(len(shards), getattr(score_cfg, "local_threads", None) or _usable_cpus()))
+
+        def score_one(s: _Shard) -> tuple[_Shard, dict]:
+            mat = found.labels[s.layer]
+            return s, score_shard(s.files, s.columns, s.first_unit, found.image_ids[s.layer], mat.matrix,
+                                  found.concepts, params, clip_obj, found.layouts[s.layer], draws.get(id(mat)))
+
+        with timings.phase("shards_in_driver"), ThreadPoolExecutor(max_workers=threads) as pool:
+            for s, result in pool.map(score_one, shards):
+                timings.add_shard(result.pop("timings", {}))
+                done.append((s, result))
+                progress(len(done))
+        timings.extra["shards_in_driver"] = len(done)
+        timings.extra["local_threads"] = threads
+        return done
     starting = local_ray_starting()
     if starting is not None and not ray_start_begun():
         with timings.phase("shards_in_driver"):
@@ -1067,7 +1096,8 @@ def run_score(
     if run is not None:
         with timings.phase("list_parts"):
             committed = run.committed_parts()
-    found = _discover(activations_dir, labels, hierarchy, committed, say, timings)
+    local = getattr(score_cfg, "executor", "ray") == "local"
+    found = _discover(activations_dir, labels, hierarchy, committed, say, timings, start_ray=not local)
     concepts = found.concepts
     clip_obj, text_concepts = (None, [])
     if clip_cfg is not None and run is not None:

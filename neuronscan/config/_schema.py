@@ -489,6 +489,14 @@ class ScoreSection(_Section):
     alpha: Float = Field(0.05, gt=0, lt=1, description="FDR level for 'significant'.")
     units_per_shard: Int = Field(64, ge=1, description="Units per Ray scoring task (memory ~ N x shard x 8 bytes).")
     cpus_per_task: Float = Field(1.0, gt=0)
+    executor: Literal["ray", "local"] = Field(
+        "ray", description="Where the shards are scored: as Ray tasks (an embedded Ray, or the cluster joined), or "
+        "'local': on a thread pool in this process, with no Ray started (one machine; on 2 cores it saves Ray's "
+        "~9 CPU-s of start-up: benchmarks/RESULTS.md). The numbers are the same either way.",
+    )
+    local_threads: Int | None = Field(
+        None, ge=1, description="Shards scored at once with executor 'local'; default: the CPUs this process may use."
+    )
     keep_worker_heap: Bool = Field(
         True, description="Score workers keep the memory a shard freed for their next shard (glibc only: large "
         "arrays come from the heap, which is never trimmed) instead of returning it to the system and faulting "

@@ -166,6 +166,54 @@ def test_shards_scored_in_the_driver_equal_ray_tasks(ray_local, data, tmp_path, 
     _assert_bit_identical(_tables(in_driver), _tables(ray_only))
 
 
+def test_the_local_executor_scores_every_shard_on_threads_and_starts_no_ray(ray_local, data, tmp_path,
+                                                                          monkeypatch):
+    """``score.executor: local``: every shard on a thread pool in this process, no Ray task and no Ray start
+    begun, and the same bits as Ray tasks give."""
+    import pipelines._ray
+    import pipelines.score as pscore
+
+    _, run, labels = data
+    ray_only = tmp_path / "ray"
+    run_score(activations_dir=run.activations_dir, labels=labels, out_dir=str(ray_only),
+              score_cfg=_score_cfg().score, quiet=True)
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("the local executor used Ray")
+
+    monkeypatch.setattr(pscore, "_dispatch", no_ray)
+    monkeypatch.setattr(pipelines._ray, "begin_ray_start", no_ray)
+    for threads in (None, 1, 3):
+        out = tmp_path / f"local-{threads}"
+        summary = run_score(activations_dir=run.activations_dir, labels=labels, out_dir=str(out), quiet=True,
+                            score_cfg=_score_cfg(executor="local", local_threads=threads).score)
+        t = summary.timings
+        assert t["shards_in_driver"] == t["shards"]["count"] == 4
+        assert t["local_threads"] == (min(4, pscore._usable_cpus()) if threads is None else threads)
+        assert t["phases_s"]["shards_in_driver"] > 0 and "ray_wait" not in t["phases_s"]
+        _assert_phases_add_up(t)
+        _assert_bit_identical(_tables(out), _tables(ray_only))
+
+
+def test_a_failing_shard_on_the_local_executor_ends_the_run_with_its_error(data, tmp_path, monkeypatch):
+    import pipelines.score as pscore
+    from neuronscan.errors import NeuronscanError
+
+    _, run, labels = data
+    real = pscore.score_shard
+
+    def flaky(files, columns, *args, **kwargs):
+        if columns[0] == "u00003":
+            raise pscore.PartFileError(f"{files[0]}: checksum mismatch in column u00003")
+        return real(files, columns, *args, **kwargs)
+
+    monkeypatch.setattr(pscore, "score_shard", flaky)
+    with pytest.raises(NeuronscanError, match="checksum mismatch in column u00003"):
+        run_score(activations_dir=run.activations_dir, labels=labels, out_dir=str(tmp_path / "out"), quiet=True,
+                  score_cfg=_score_cfg(executor="local").score)
+    assert not (tmp_path / "out" / "neuron_concepts.parquet").exists()
+
+
 def test_the_driver_scores_shards_while_ray_starts_and_ray_takes_the_rest(ray_local, data, tmp_path, monkeypatch):
     """While an embedded Ray is starting, the driver scores shards itself; once it is up the rest go to Ray
     tasks. The numbers are the same as Ray's alone."""

@@ -224,3 +224,14 @@ def test_clip_method_defaults_to_correlation_and_refuses_others():
     assert cfg.probe.clip.method == "soft_wpmi"
     with pytest.raises(ConfigError, match=r"probe\.clip\.method"):
         config_from_dict({**base, "probe": {"clip": {"model": "neuronscan-tinyclip", "method": "cosine"}}})
+
+
+def test_score_executor_defaults_to_ray_and_refuses_others():
+    cfg = config_from_dict(MINIMAL)
+    assert cfg.score.executor == "ray" and cfg.score.local_threads is None
+    cfg = config_from_dict({**MINIMAL, "score": {"executor": "local", "local_threads": 3}})
+    assert (cfg.score.executor, cfg.score.local_threads) == ("local", 3)
+    with pytest.raises(ConfigError, match=r"score\.executor"):
+        config_from_dict({**MINIMAL, "score": {"executor": "dask"}})
+    with pytest.raises(ConfigError, match=r"score\.local_threads"):
+        config_from_dict({**MINIMAL, "score": {"local_threads": 0}})
